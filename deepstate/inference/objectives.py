@@ -1,0 +1,102 @@
+r"""Particle objectives: the ELBO, IWAE and FIVO as one particle filter with three settings.
+
+=============  ============  ===================================================  ========================
+objective      resampling    bound per sequence                                    paper
+=============  ============  ===================================================  ========================
+``ELBO``       never         ``mean_N  sum_t (log p + log l - log q)``              Kingma & Welling 2014
+``IWAE``       never         ``logmeanexp_N sum_t (...)``                           Burda et al. 2016
+``FIVO``       ESS < N/2     particle-filter ``log Z`` (see :mod:`.particle`)        Maddison et al. 2017
+=============  ============  ===================================================  ========================
+
+All three satisfy ``bound <= log p(x)`` in expectation; IWAE and FIVO tighten with ``N``. Each returns a
+:class:`~deepstate.inference.particle.ParticleFilterResult` from :meth:`bound`; :meth:`loss` is the
+negative total bound divided by a fixed normaliser (frames per epoch / batches, not each
+minibatch's own frame count, so minibatches are weighted as the full objective weights them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import torch
+
+from ..data import SequenceBatch
+from ..models.base import LatentSequenceModel
+from .particle import ParticleFilterResult, particle_filter
+
+__all__ = ["ParticleObjective", "ParticleELBO", "IWAE", "FIVO", "get_objective"]
+
+
+class ParticleObjective:
+    """Base class: a particle filter configuration whose ``E[log Z]`` is a lower bound.
+
+    Args:
+        num_particles: ``N``.
+        scheme: resampling scheme (``"multinomial"`` | ``"systematic"``).
+        ess_threshold: resample when ESS < ``ess_threshold * N`` (FIVO only).
+    """
+
+    resample = "never"
+    name = "particle"
+
+    def __init__(self, num_particles: int = 1, scheme: str = "multinomial", ess_threshold: float = 0.5):
+        if not isinstance(num_particles, int) or num_particles < 1:
+            raise ValueError(f"num_particles: expected a positive int, got {num_particles!r}")
+        self.num_particles = num_particles
+        self.scheme = scheme
+        self.ess_threshold = ess_threshold
+
+    def bound(self, lsm: LatentSequenceModel, batch: SequenceBatch, **kwargs) -> ParticleFilterResult:
+        """Per-sequence bound estimate (``result.log_z [B]``, nats) and frame counts."""
+        return particle_filter(
+            lsm, batch, self.num_particles, resample=self.resample, scheme=self.scheme,
+            ess_threshold=self.ess_threshold, **kwargs,
+        )
+
+    def loss(self, lsm: LatentSequenceModel, batch: SequenceBatch, normalizer: Optional[float] = None, **kwargs):
+        """``-sum_b bound_b / normalizer`` (default normaliser: the batch's frame count).
+
+        Returns ``(loss, result)``.
+        """
+        result = self.bound(lsm, batch, **kwargs)
+        norm = float(batch.num_frames) if normalizer is None else float(normalizer)
+        return -result.log_z.sum() / norm, result
+
+    def __repr__(self):
+        return f"{type(self).__name__}(num_particles={self.num_particles})"
+
+
+class ParticleELBO(ParticleObjective):
+    """The evidence lower bound on the particle path (average of ``N`` independent single-sample ELBOs)."""
+
+    name = "elbo"
+
+    def bound(self, lsm, batch, **kwargs):
+        result = particle_filter(lsm, batch, self.num_particles, resample="never", **kwargs)
+        # With no resampling, log_weights holds each particle's whole-sequence log-weight.
+        return dataclasses.replace(result, log_z=result.log_weights.mean(0))
+
+
+class IWAE(ParticleObjective):
+    """Importance-weighted bound (Burda et al. 2016): ``logmeanexp`` of ``N`` sequence weights."""
+
+    resample = "never"
+    name = "iwae"
+
+
+class FIVO(ParticleObjective):
+    """Filtering variational objective (Maddison et al. 2017): ESS-adaptive resampling."""
+
+    resample = "ess"
+    name = "fivo"
+
+
+_OBJECTIVES = {"elbo": ParticleELBO, "iwae": IWAE, "fivo": FIVO}
+
+
+def get_objective(name: str, num_particles: int = 1, **kwargs) -> ParticleObjective:
+    """Objective by name: ``"elbo"``, ``"iwae"`` or ``"fivo"``."""
+    if name not in _OBJECTIVES:
+        raise ValueError(f"objective: expected one of {tuple(_OBJECTIVES)}, got {name!r}")
+    return _OBJECTIVES[name](num_particles, **kwargs)
