@@ -124,7 +124,8 @@ def check_leading_dims(lsm, batch, num_particles=3, steps=4, atol=1e-5):
         l1, l2 = ssm.likelihood(s1, z1, c_t), ssm.likelihood(s2, z2, c_t)
         x = batch.x[:, t]
         assert torch.allclose(l1.log_prob(x).expand(N, B, -1), l2.log_prob(x), atol=atol)
-        s1, s2 = ssm.update(s1, z1, x, c_t), ssm.update(s2, z2, x, c_t)
+        o = batch.observed[:, t]
+        s1, s2 = ssm.update(s1, z1, x, c_t, o), ssm.update(s2, z2, x, c_t, o)
         g1, g2 = guide.update(g1, z1, e_t), guide.update(g2, z2, e_t)
         for k in s1:
             assert s2[k].shape[:2] == (N, B), (k, s2[k].shape)

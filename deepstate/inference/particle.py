@@ -155,7 +155,7 @@ def particle_filter(
         lw = lw + inc
         if record:
             increments.append(inc)
-        s = ssm.update(s, z, x_t, c_t)
+        s = ssm.update(s, z, x_t, c_t, batch.observed[:, t])
         g = guide.update(g, z, e_t)
         if resample == "never" or t == T - 1:
             continue

@@ -1,0 +1,144 @@
+"""Models as protocol steps (:mod:`.base`), and :func:`build`, the factory users call.
+
+========== ============================================ =====================================
+name       model                                        guides (``guide=``)
+========== ============================================ =====================================
+dkf / dmm  :class:`.dkf.DeepMarkovModel`                 st-r (default), st-l, st-lr, mf-lr, mf-l
+vrnn       :class:`.vrnn.VRNN`                           filtering (default), smoothing
+srnn       :class:`.srnn.SRNN`                           smoothing (default), filtering
+lgssm      :class:`.lgssm.LinearGaussianSSM`             exact (default), filtering, prior
+========== ============================================ =====================================
+"""
+
+from __future__ import annotations
+
+import inspect
+
+from .base import Guide, LatentSequenceModel, PriorGuide, StateSpaceModel
+from .dkf import GUIDE_KINDS, DeepMarkovModel, StructuredInferenceGuide
+from .lgssm import ExactPosteriorGuide, LinearFilteringGuide, LinearGaussianSSM
+from .srnn import SRNN, SRNNGuide
+from .vrnn import VRNN, VRNNGuide
+
+__all__ = [
+    "build",
+    "MODELS",
+    "StateSpaceModel",
+    "Guide",
+    "PriorGuide",
+    "LatentSequenceModel",
+    "DeepMarkovModel",
+    "StructuredInferenceGuide",
+    "VRNN",
+    "VRNNGuide",
+    "SRNN",
+    "SRNNGuide",
+    "LinearGaussianSSM",
+    "LinearFilteringGuide",
+    "ExactPosteriorGuide",
+]
+
+
+def _split_kwargs(cls, hyper):
+    names = set(inspect.signature(cls.__init__).parameters) - {"self"}
+    return {k: v for k, v in hyper.items() if k in names}
+
+
+def _build_dkf(input_dim, likelihood, guide, hyper):
+    guide = guide or "st-r"
+    ssm = DeepMarkovModel(input_dim, likelihood=likelihood, **_split_kwargs(DeepMarkovModel, hyper))
+    if guide == "prior":
+        return ssm, PriorGuide()
+    g_kw = {k: v for k, v in _split_kwargs(StructuredInferenceGuide, hyper).items() if k not in ("z_dim",)}
+    return ssm, StructuredInferenceGuide(input_dim, ssm.z_dim, kind=guide, **g_kw)
+
+
+def _build_vrnn(input_dim, likelihood, guide, hyper):
+    guide = guide or "filtering"
+    ssm = VRNN(input_dim, likelihood=likelihood, **_split_kwargs(VRNN, hyper))
+    if guide not in ("filtering", "smoothing", "prior"):
+        raise ValueError(f"guide: expected 'filtering', 'smoothing' or 'prior' for vrnn, got {guide!r}")
+    if guide == "prior":
+        return ssm, PriorGuide()
+    g_kw = {k: v for k, v in hyper.items() if k in ("guide_rnn_dim",)}
+    return ssm, VRNNGuide(ssm, smoothing=guide == "smoothing", rnn=hyper.get("rnn", "gru"),
+                          rnn_dim=g_kw.get("guide_rnn_dim", 256))
+
+
+def _build_srnn(input_dim, likelihood, guide, hyper):
+    guide = guide or "smoothing"
+    ssm = SRNN(input_dim, likelihood=likelihood, **_split_kwargs(SRNN, hyper))
+    if guide not in ("filtering", "smoothing", "prior"):
+        raise ValueError(f"guide: expected 'smoothing', 'filtering' or 'prior' for srnn, got {guide!r}")
+    if guide == "prior":
+        return ssm, PriorGuide()
+    return ssm, SRNNGuide(ssm, smoothing=guide == "smoothing", resq=hyper.get("resq", True),
+                          rnn_dim=hyper.get("rnn_dim", 300), hidden_dim=hyper.get("hidden_dim", 300),
+                          rnn=hyper.get("rnn", "gru"))
+
+
+def _build_lgssm(input_dim, likelihood, guide, hyper):
+    if likelihood not in (None, "gaussian"):
+        raise ValueError(f"likelihood: the lgssm is Gaussian, got {likelihood!r}")
+    guide = guide or "exact"
+    ssm = LinearGaussianSSM(hyper.get("z_dim", 2), input_dim, **{k: v for k, v in hyper.items() if k != "z_dim"})
+    guides = {"exact": lambda: ExactPosteriorGuide(ssm), "prior": PriorGuide,
+              "filtering": lambda: LinearFilteringGuide(ssm.z_dim, input_dim)}
+    if guide not in guides:
+        raise ValueError(f"guide: expected one of {tuple(guides)} for lgssm, got {guide!r}")
+    return ssm, guides[guide]()
+
+
+def _params(*classes):
+    out = set()
+    for cls in classes:
+        out |= set(inspect.signature(cls.__init__).parameters)
+    return out - {"self", "x_dim", "likelihood", "srnn", "vrnn", "kind", "smoothing"}
+
+
+_HYPER = {
+    "dkf": _params(DeepMarkovModel, StructuredInferenceGuide),
+    "vrnn": _params(VRNN) | {"guide_rnn_dim"},
+    "srnn": _params(SRNN) | {"resq"},
+    "lgssm": _params(LinearGaussianSSM),
+}
+
+
+def _accepted(key):
+    return _HYPER["dkf" if key == "dmm" else key]
+
+
+MODELS = {"dkf": _build_dkf, "dmm": _build_dkf, "vrnn": _build_vrnn, "srnn": _build_srnn, "lgssm": _build_lgssm}
+
+
+def build(name: str, input_dim: int, likelihood: str = "gaussian", guide: str = None, **hyper) -> LatentSequenceModel:
+    """Build a model and its guide as one :class:`LatentSequenceModel`.
+
+    Args:
+        name: ``"dkf"`` (alias ``"dmm"``), ``"vrnn"``, ``"srnn"``, ``"deepstate"`` or ``"lgssm"``.
+        input_dim: observation size ``D``.
+        likelihood: emission family: ``"bernoulli"`` (binary, e.g. piano rolls), ``"gaussian"``,
+            ``"studentt"``, ``"poisson"`` (counts).
+        guide: guide kind (see the table in this module's docstring); default per model.
+        **hyper: the model's hyperparameters (e.g. ``z_dim``, ``transition_dim``, ``emission_dim``,
+            ``rnn_dim``, ``rnn`` = ``"gru"``/``"lstm"``/``"rnn"``, ``augmented``, ``u_dim``,
+            ``min_scale``); see each model class for the full list and defaults.
+
+    Example:
+        >>> lsm = build("dkf", input_dim=88, likelihood="bernoulli", z_dim=16, rnn_dim=32)
+        >>> z, x = lsm.sample(2, 10)
+        >>> x.shape
+        torch.Size([2, 10, 88])
+    """
+    key = str(name).lower()
+    if key not in MODELS:
+        raise ValueError(f"name: expected one of {tuple(MODELS)}, got {name!r}")
+    unknown = set(hyper) - _accepted(key)
+    if unknown:
+        raise ValueError(f"hyper: unknown hyperparameters {sorted(unknown)} for {key!r}; expected some of {sorted(_accepted(key))}")
+    if not isinstance(input_dim, int) or input_dim < 1:
+        raise ValueError(f"input_dim: expected a positive int, got {input_dim!r}")
+    ssm, g = MODELS[key](input_dim, likelihood, guide, dict(hyper))
+    lsm = LatentSequenceModel(ssm, g, name=key)
+    lsm.config = dict(name=key, input_dim=input_dim, likelihood=likelihood, guide=guide, **hyper)
+    return lsm

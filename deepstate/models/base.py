@@ -7,7 +7,7 @@ A model is a **state-space model with a deterministic carry** written as step fu
     s_0     = ssm.initial(batch_shape)             # carry: a dict of tensors [*batch_shape, ...]
     p_t     = ssm.prior(s_{t-1}, c_t)              # p(z_t | past)             event shape [Z]
     l_t     = ssm.likelihood(s_{t-1}, z_t, c_t)    # p(x_t | z_t, past)        batch shape [..., D]
-    s_t     = ssm.update(s_{t-1}, z_t, x_t, c_t)
+    s_t     = ssm.update(s_{t-1}, z_t, x_t, c_t, observed_t)   # observed_t None: all observed
 
 and a guide is an **amortised recurrent proposal** written the same way::
 
@@ -123,7 +123,9 @@ class StateSpaceModel(nn.Module):
     def likelihood(self, s: Carry, z: torch.Tensor, c: Dict[str, torch.Tensor]) -> dist.Distribution:
         raise NotImplementedError
 
-    def update(self, s: Carry, z: torch.Tensor, x: torch.Tensor, c: Dict[str, torch.Tensor]) -> Carry:
+    def update(self, s: Carry, z: torch.Tensor, x: torch.Tensor, c: Dict[str, torch.Tensor],
+               observed: Optional[torch.Tensor] = None) -> Carry:
+        """Next carry after ``z_t`` and ``x_t [..., D]``; ``observed`` ``[..., D]`` (None: all observed)."""
         raise NotImplementedError
 
 
@@ -207,7 +209,7 @@ class LatentSequenceModel(nn.Module):
                 lik = self.ssm.likelihood(s, z, c_t)
                 with poutine.mask(mask=valid_t):
                     pyro.sample(f"x_{t}", lik.mask(batch.observed[:, t]).to_event(1), obs=batch.x[:, t])
-                s = self.ssm.update(s, z, batch.x[:, t], c_t)
+                s = self.ssm.update(s, z, batch.x[:, t], c_t, batch.observed[:, t])
 
     def guide(self, batch: SequenceBatch, annealing: float = 1.0):
         """Pyro guide: ``pyro.sample("z_t")`` from the amortised proposal, same masks as the model."""
@@ -225,7 +227,7 @@ class LatentSequenceModel(nn.Module):
                 with poutine.mask(mask=batch.valid[:, t]), poutine.scale(scale=annealing):
                     z = pyro.sample(f"z_{t}", q)
                 g = self.guide_steps.update(g, z, e_t)
-                s = self.ssm.update(s, z, batch.x[:, t], c_t)
+                s = self.ssm.update(s, z, batch.x[:, t], c_t, batch.observed[:, t])
 
     # ------------------------------------------------------------------ generation
     @torch.no_grad()

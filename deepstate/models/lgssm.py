@@ -212,7 +212,7 @@ class LinearGaussianSSM(StateSpaceModel):
             loc = loc + c["u"] @ self.D.T
         return dist.Normal(loc, self.r.sqrt().expand(loc.shape))
 
-    def update(self, s, z, x, c):
+    def update(self, s, z, x, c, observed=None):
         return {"z": z, "first": torch.zeros_like(s["first"])}
 
     def as_latent_sequence_model(self, guide: Optional[Guide] = None) -> LatentSequenceModel:
