@@ -74,8 +74,12 @@ class ParticleELBO(ParticleObjective):
 
     def bound(self, lsm, batch, **kwargs):
         result = particle_filter(lsm, batch, self.num_particles, resample="never", **kwargs)
-        # With no resampling, log_weights holds each particle's whole-sequence log-weight.
-        return dataclasses.replace(result, log_z=result.log_weights.mean(0))
+        # With no resampling, log_weights holds each particle's whole-sequence log-weight
+        # (since the start of the sequence when continuing from a previous chunk's state).
+        log_z = result.log_weights.mean(0)
+        if kwargs.get("initial_state") is not None:
+            log_z = log_z - kwargs["initial_state"]["lw"].mean(0)
+        return dataclasses.replace(result, log_z=log_z)
 
 
 class IWAE(ParticleObjective):

@@ -55,6 +55,8 @@ class ParticleFilterResult:
         log_weights: ``[N, B]`` log-weights accumulated since the last resampling step.
         increments: ``[N, B, T]`` per-step log-weight increments (only with ``record=True``).
         ess: ``[B, T]`` effective sample size before each resampling decision (``record=True``).
+        state: the filter's state after the last step (carries ``s``, ``g`` and log-weights ``lw``),
+            to continue on the next chunk of the same sequences (truncated BPTT, streaming).
     """
 
     log_z: torch.Tensor
@@ -63,6 +65,7 @@ class ParticleFilterResult:
     log_weights: torch.Tensor
     increments: Optional[torch.Tensor] = None
     ess: Optional[torch.Tensor] = None
+    state: Optional[dict] = None
 
     @property
     def nats_per_frame(self) -> torch.Tensor:
@@ -99,6 +102,7 @@ def particle_filter(
     sampler: Optional[Callable] = None,
     uniforms: Optional[torch.Tensor] = None,
     record: bool = False,
+    initial_state: Optional[dict] = None,
 ) -> ParticleFilterResult:
     """Run a particle filter with the guide as proposal; return the log-likelihood estimate.
 
@@ -113,6 +117,10 @@ def particle_filter(
             or replay a trajectory).
         uniforms: optional ``[T, N, B]`` uniforms for the resampling draws.
         record: keep per-step increments and ESS (for diagnostics and tests).
+        initial_state: ``result.state`` of a previous call on the preceding chunk of the same
+            sequences: carries and log-weights continue from it (detach them for truncated BPTT).
+            ``log_z`` then covers this chunk only, so the chunks' ``log_z`` add up to the whole.
+            Features and encodings are computed from this chunk alone.
 
     Returns:
         :class:`ParticleFilterResult`; ``log_z`` is differentiable in the model and guide parameters.
@@ -133,13 +141,16 @@ def particle_filter(
 
     c = ssm.features(batch)
     e = guide.encode(batch, c)
-    s = ssm.initial(shape)
-    g = guide.initial(shape)
     dtype = batch.x.dtype
     valid = batch.valid.to(dtype)
     obs = batch.observed.to(dtype)
-    lw = torch.zeros(N, B, dtype=dtype, device=batch.x.device)
-    log_z = torch.zeros(B, dtype=dtype, device=batch.x.device)
+    if initial_state is None:
+        s, g = ssm.initial(shape), guide.initial(shape)
+        lw = torch.zeros(N, B, dtype=dtype, device=batch.x.device)
+    else:
+        s, g, lw = initial_state["s"], initial_state["g"], initial_state["lw"]
+    # the previous chunk already counted logmeanexp of its final weights: count only the change
+    log_z = torch.zeros(B, dtype=dtype, device=batch.x.device) if initial_state is None else -logmeanexp(lw, 0)
     n_resample = torch.zeros(B, dtype=torch.long, device=batch.x.device)
     increments, ess_hist = [], []
     arange = torch.arange(N, device=batch.x.device)[:, None].expand(N, B)
@@ -182,6 +193,7 @@ def particle_filter(
         log_weights=lw,
         increments=torch.stack(increments, -1) if record else None,
         ess=torch.stack(ess_hist, -1) if record and ess_hist else None,
+        state={"s": s, "g": g, "lw": lw},
     )
 
 
