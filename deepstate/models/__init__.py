@@ -6,6 +6,7 @@ name       model                                        guides (``guide=``)
 dkf / dmm  :class:`.dkf.DeepMarkovModel`                 st-r (default), st-l, st-lr, mf-lr, mf-l
 vrnn       :class:`.vrnn.VRNN`                           filtering (default), smoothing
 srnn       :class:`.srnn.SRNN`                           smoothing (default), filtering
+deepstate  :class:`.deepstate_model.DeepStateModel`     exact (default), prior
 lgssm      :class:`.lgssm.LinearGaussianSSM`             exact (default), filtering, prior
 ========== ============================================ =====================================
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 import inspect
 
 from .base import Guide, LatentSequenceModel, PriorGuide, StateSpaceModel
+from .deepstate_model import DeepStateModel
 from .dkf import GUIDE_KINDS, DeepMarkovModel, StructuredInferenceGuide
 from .lgssm import ExactPosteriorGuide, LinearFilteringGuide, LinearGaussianSSM
 from .srnn import SRNN, SRNNGuide
@@ -33,6 +35,7 @@ __all__ = [
     "VRNNGuide",
     "SRNN",
     "SRNNGuide",
+    "DeepStateModel",
     "LinearGaussianSSM",
     "LinearFilteringGuide",
     "ExactPosteriorGuide",
@@ -89,6 +92,16 @@ def _build_lgssm(input_dim, likelihood, guide, hyper):
     return ssm, guides[guide]()
 
 
+def _build_deepstate(input_dim, likelihood, guide, hyper):
+    if likelihood not in (None, "gaussian"):
+        raise ValueError(f"likelihood: the deepstate model is Gaussian (exact Kalman), got {likelihood!r}")
+    guide = guide or "exact"
+    ssm = DeepStateModel(input_dim, **hyper)
+    if guide not in ("exact", "prior"):
+        raise ValueError(f"guide: expected 'exact' or 'prior' for deepstate, got {guide!r}")
+    return ssm, ExactPosteriorGuide(ssm) if guide == "exact" else PriorGuide()
+
+
 def _params(*classes):
     out = set()
     for cls in classes:
@@ -101,6 +114,7 @@ _HYPER = {
     "vrnn": _params(VRNN) | {"guide_rnn_dim"},
     "srnn": _params(SRNN) | {"resq"},
     "lgssm": _params(LinearGaussianSSM),
+    "deepstate": _params(DeepStateModel),
 }
 
 
@@ -108,7 +122,8 @@ def _accepted(key):
     return _HYPER["dkf" if key == "dmm" else key]
 
 
-MODELS = {"dkf": _build_dkf, "dmm": _build_dkf, "vrnn": _build_vrnn, "srnn": _build_srnn, "lgssm": _build_lgssm}
+MODELS = {"dkf": _build_dkf, "dmm": _build_dkf, "vrnn": _build_vrnn, "srnn": _build_srnn, "deepstate": _build_deepstate,
+          "lgssm": _build_lgssm}
 
 
 def build(name: str, input_dim: int, likelihood: str = "gaussian", guide: str = None, **hyper) -> LatentSequenceModel:

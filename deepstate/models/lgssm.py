@@ -30,6 +30,7 @@ from ..inference.kalman import KalmanResult, SmootherResult, kalman_filter, rts_
 from .base import Guide, LatentSequenceModel, StateSpaceModel
 
 __all__ = [
+    "ExactLikelihoodFitMixin",
     "TriangularParameter",
     "LinearGaussianSSM",
     "LinearFilteringGuide",
@@ -65,7 +66,54 @@ class TriangularParameter(nn.Module):
         return L @ L.T
 
 
-class LinearGaussianSSM(StateSpaceModel):
+class ExactLikelihoodFitMixin:
+    """Maximum-likelihood fitting for models with an exact ``log_likelihood(batch) -> [B]``."""
+
+    def fit(self, batch: SequenceBatch, num_steps: int = 100, lr: Optional[float] = None, optimizer: str = "lbfgs",
+            progress: bool = False) -> list:
+        """Maximum likelihood on the exact (Kalman) log-likelihood.
+
+        Args:
+            batch: training sequences.
+            num_steps: optimiser iterations.
+            lr: learning rate (default 1 for L-BFGS, 0.05 for Adam).
+            optimizer: ``"lbfgs"`` (strong-Wolfe line search; converges in tens of iterations on these
+                small problems, as statsmodels' quasi-Newton fits do) or ``"adam"``.
+            progress: show a tqdm bar.
+
+        Returns:
+            The training log-likelihood in nats per frame after each iteration.
+        """
+        if optimizer not in ("lbfgs", "adam"):
+            raise ValueError(f"optimizer: expected 'lbfgs' or 'adam', got {optimizer!r}")
+        frames = batch.num_frames
+        params = list(self.parameters())
+        if optimizer == "lbfgs":
+            opt = torch.optim.LBFGS(params, lr=lr or 1.0, max_iter=1, line_search_fn="strong_wolfe")
+        else:
+            opt = torch.optim.Adam(params, lr=lr or 0.05)
+
+        def closure():
+            opt.zero_grad()
+            loss = -self.log_likelihood(batch).sum() / frames
+            loss.backward()
+            return loss
+
+        history = []
+        steps = range(num_steps)
+        if progress:
+            from tqdm.auto import tqdm
+
+            steps = tqdm(steps, desc="lgssm mle")
+        for _ in steps:
+            loss = opt.step(closure)
+            history.append(-float(loss.detach()))
+        with torch.no_grad():
+            history.append(float(self.log_likelihood(batch).sum() / frames))
+        return history
+
+
+class LinearGaussianSSM(ExactLikelihoodFitMixin, StateSpaceModel):
     """Linear-Gaussian SSM as protocol steps, with exact Kalman inference.
 
     Carry: ``{"z": [*bs, Z] previous state, "first": [*bs] bool (no previous state yet)}``.
@@ -146,49 +194,6 @@ class LinearGaussianSSM(StateSpaceModel):
     def smooth(self, batch: SequenceBatch) -> SmootherResult:
         """RTS-smoothed moments ``p(z_t | x_{1:T})`` and pairwise cross-covariances."""
         return rts_smoother(self.kalman(batch))
-
-    def fit(self, batch: SequenceBatch, num_steps: int = 100, lr: Optional[float] = None, optimizer: str = "lbfgs",
-            progress: bool = False) -> list:
-        """Maximum likelihood on the exact Kalman log-likelihood.
-
-        Args:
-            batch: training sequences.
-            num_steps: optimiser iterations.
-            lr: learning rate (default 1 for L-BFGS, 0.05 for Adam).
-            optimizer: ``"lbfgs"`` (strong-Wolfe line search; converges in tens of iterations on these
-                small problems, as statsmodels' quasi-Newton fits do) or ``"adam"``.
-            progress: show a tqdm bar.
-
-        Returns:
-            The training log-likelihood in nats per frame after each iteration.
-        """
-        if optimizer not in ("lbfgs", "adam"):
-            raise ValueError(f"optimizer: expected 'lbfgs' or 'adam', got {optimizer!r}")
-        frames = batch.num_frames
-        params = list(self.parameters())
-        if optimizer == "lbfgs":
-            opt = torch.optim.LBFGS(params, lr=lr or 1.0, max_iter=1, line_search_fn="strong_wolfe")
-        else:
-            opt = torch.optim.Adam(params, lr=lr or 0.05)
-
-        def closure():
-            opt.zero_grad()
-            loss = -self.log_likelihood(batch).sum() / frames
-            loss.backward()
-            return loss
-
-        history = []
-        steps = range(num_steps)
-        if progress:
-            from tqdm.auto import tqdm
-
-            steps = tqdm(steps, desc="lgssm mle")
-        for _ in steps:
-            loss = opt.step(closure)
-            history.append(-float(loss.detach()))
-        with torch.no_grad():
-            history.append(float(self.log_likelihood(batch).sum() / frames))
-        return history
 
     # ------------------------------------------------------------------ protocol steps
     def initial(self, batch_shape):

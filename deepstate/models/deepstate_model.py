@@ -1,0 +1,162 @@
+r"""A DeepState-style model (Rangapuram, Seeger, Gasthaus, Stella, Wang & Januschowski 2018, "Deep State
+Space Models for Time Series Forecasting").
+
+An RNN over covariates (and calendar features) emits, at every step, the parameters of a
+linear-Gaussian *innovation* state-space model; the likelihood is exact, through the Kalman filter::
+
+    h_t = RNN(h_{t-1}, [u_t, season_onehot_t])                       (never reads the target)
+    Theta_t = (sigma_level_t, sigma_slope_t, gamma_t, sigma_obs_t, b_t) = Psi(h_t)
+    state  z_t = [level, slope, s_1..s_S]
+    z_1 ~ N(m0, diag(p0));   z_t = A z_{t-1} + N(0, diag(q_t))         A = [[1, 1], [0, 1]] (+) I_S
+    x_t = a_t^T z_t + b_t + N(0, sigma_obs_t^2)                      a_t = [1, 0, onehot(season_t)]
+
+with ``q_t = [sigma_level_t^2, sigma_slope_t^2, gamma_t^2 * onehot(season_t)] + floor``. The floor (a
+tiny variance on every state dimension) keeps ``p(z_t | z_{t-1})`` a proper density, so the same model
+also runs as protocol steps under Pyro's SVI and the particle filter (the paper's exact seasonal
+ISSM puts zero noise on inactive seasons).
+
+Training maximises the exact log-likelihood (:meth:`DeepStateModel.fit`); the exact posterior guide
+(:class:`~deepstate.models.lgssm.ExactPosteriorGuide`) works unchanged because it only needs
+:meth:`DeepStateModel.smooth`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+import pyro.distributions as dist
+
+from ..data import SequenceBatch
+from ..inference.kalman import KalmanResult, kalman_filter, rts_smoother
+from .base import StateSpaceModel
+from .lgssm import ExactLikelihoodFitMixin
+from .nn import MLP, make_rnn, positive, rnn_initial, rnn_step, run_rnn
+
+__all__ = ["DeepStateModel"]
+
+
+class DeepStateModel(ExactLikelihoodFitMixin, StateSpaceModel):
+    """DeepState-style model for univariate series (``x_dim = 1``), as protocol steps + exact Kalman.
+
+    Args:
+        x_dim: must be 1 (one target per sequence; the RNN is shared across sequences).
+        u_dim: number of covariates (known in the future when forecasting).
+        season_length: ``S`` (0: no seasonal component), e.g. 12 for monthly, 52 for weekly data.
+        trend: include a slope component (local linear trend) besides the level.
+        rnn_dim: RNN width (40), hidden_dim: width of the parameter head (40).
+        rnn: ``"lstm"`` (the paper's) | ``"gru"`` | ``"rnn"``.
+        min_variance: floor on every state variance (``1e-4``) and on the observation variance.
+
+    Features ``c_t``: ``{"q": [B, Z] state noise variances, "a": [B, Z] emission vector,
+    "obs_scale": [B, 1], "obs_offset": [B, 1]}``. Carry: ``{"z": [*bs, Z], "first": [*bs]}``.
+
+    Example:
+        >>> m = DeepStateModel(season_length=12)
+        >>> history = m.fit(batch, num_steps=200, optimizer="adam", lr=0.01)   # doctest: +SKIP
+    """
+
+    def __init__(self, x_dim: int = 1, u_dim: int = 0, season_length: int = 0, trend: bool = True,
+                 rnn_dim: int = 40, hidden_dim: int = 40, rnn: str = "lstm", min_variance: float = 1e-4):
+        super().__init__()
+        if x_dim != 1:
+            raise ValueError(f"x_dim: the DeepState model is univariate (x_dim=1), got {x_dim}")
+        if season_length < 0 or season_length == 1:
+            raise ValueError(f"season_length: expected 0 (none) or >= 2, got {season_length}")
+        self.x_dim, self.u_dim, self.season_length, self.trend = 1, u_dim, season_length, trend
+        self.min_variance = min_variance
+        n_trend = 2 if trend else 1
+        self.z_dim = n_trend + season_length
+        A = torch.eye(self.z_dim)
+        if trend:
+            A[0, 1] = 1.0
+        self.register_buffer("A", A)
+        self.rnn = make_rnn(rnn, max(u_dim + season_length, 1), rnn_dim)
+        # per step: level, (slope), (seasonal gamma), obs scale, obs offset
+        self.n_noise = n_trend + (1 if season_length else 0)
+        self.head = MLP([rnn_dim, hidden_dim, self.n_noise + 2])
+        self.m0 = nn.Parameter(torch.zeros(self.z_dim))
+        self.log_p0 = nn.Parameter(torch.zeros(self.z_dim))
+
+    # ------------------------------------------------------------------ features
+    def _season_onehot(self, t: torch.Tensor) -> torch.Tensor:
+        return nn.functional.one_hot(t % self.season_length, self.season_length).to(self.m0.dtype)
+
+    def _rnn_input(self, u, season, lead):
+        """RNN input ``[*lead, max(U + S, 1)]``: covariates and the season one-hot, or a constant 1."""
+        parts = [p for p in (u, season) if p is not None]
+        if not parts:
+            return self.m0.new_ones(*lead, 1)
+        return torch.cat([p.expand(*lead, p.shape[-1]) for p in parts], -1)
+
+    def _params(self, h, season):
+        raw = self.head(h)
+        noise = positive(raw[..., : self.n_noise], 0.0) ** 2  # variances
+        obs_scale = positive(raw[..., self.n_noise : self.n_noise + 1], self.min_variance**0.5)
+        obs_offset = raw[..., self.n_noise + 1 :]
+        n_trend = 2 if self.trend else 1
+        q = noise[..., :n_trend]
+        a = torch.zeros(*h.shape[:-1], n_trend, dtype=h.dtype, device=h.device)
+        a[..., 0] = 1.0
+        if self.season_length:
+            q = torch.cat([q, noise[..., n_trend:] * season], -1)
+            a = torch.cat([a, season], -1)
+        return {"q": q + self.min_variance, "a": a, "obs_scale": obs_scale, "obs_offset": obs_offset}
+
+    def features(self, batch: SequenceBatch):
+        B, T = batch.valid.shape
+        season = None
+        if self.season_length:
+            season = self._season_onehot(torch.arange(T, device=batch.x.device)).expand(B, T, -1)
+        inp = self._rnn_input(batch.u, season, (B, T))
+        h = run_rnn(self.rnn, inp, batch.lengths, "forward")
+        return self._params(h, season)
+
+    def feature_initial(self, batch_shape):
+        f = rnn_initial(self.rnn, batch_shape, self.m0)
+        f["t"] = torch.zeros(batch_shape, dtype=torch.long, device=self.m0.device)
+        return f
+
+    def feature_step(self, f, x_prev, observed_prev, u_t=None):
+        season = self._season_onehot(f["t"]) if self.season_length else None
+        inp = self._rnn_input(u_t, season, f["t"].shape)
+        state = rnn_step(self.rnn, inp, {k: v for k, v in f.items() if k != "t"})
+        state["t"] = f["t"] + 1
+        return state, self._params(state["h"], season)
+
+    # ------------------------------------------------------------------ protocol steps
+    def initial(self, batch_shape):
+        return {
+            "z": self.m0.new_zeros(*batch_shape, self.z_dim),
+            "first": torch.ones(batch_shape, dtype=torch.bool, device=self.m0.device),
+        }
+
+    def prior(self, s, c):
+        first = s["first"][..., None]
+        loc = torch.where(first, self.m0, s["z"] @ self.A.T)
+        var = torch.where(first, self.log_p0.exp(), c["q"])
+        return dist.Normal(loc, var.sqrt()).to_event(1)
+
+    def likelihood(self, s, z, c):
+        loc = (z * c["a"]).sum(-1, keepdim=True) + c["obs_offset"]
+        return dist.Normal(loc, c["obs_scale"].expand(loc.shape))
+
+    def update(self, s, z, x, c, observed=None):
+        return {"z": z, "first": torch.zeros_like(s["first"])}
+
+    # ------------------------------------------------------------------ exact inference
+    def kalman(self, batch: SequenceBatch) -> KalmanResult:
+        """Kalman filter with the RNN's time-varying parameters (see :func:`~deepstate.inference.kalman.kalman_filter`)."""
+        c = self.features(batch)
+        Q = torch.diag_embed(c["q"])  # [B, T, Z, Z]
+        C = c["a"][..., None, :]  # [B, T, 1, Z]
+        r = c["obs_scale"] ** 2  # [B, T, 1]
+        return kalman_filter(batch.x, batch.observed, batch.valid, self.A, Q, C, r, self.m0,
+                             torch.diag(self.log_p0.exp()), d=c["obs_offset"])
+
+    def log_likelihood(self, batch: SequenceBatch) -> torch.Tensor:
+        """Exact ``log p(x_{1:T})`` per sequence ``[B]`` (nats)."""
+        return self.kalman(batch).log_likelihood
+
+    def smooth(self, batch: SequenceBatch):
+        return rts_smoother(self.kalman(batch))
