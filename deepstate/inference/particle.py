@@ -36,7 +36,9 @@ from typing import Callable, Optional
 import torch
 
 from ..data import SequenceBatch
-from ..models.base import LatentSequenceModel, slice_time
+import pyro
+
+from ..models.base import LatentSequenceModel, unbind_time
 from .resampling import RESAMPLERS, effective_sample_size
 
 __all__ = ["ParticleFilterResult", "particle_filter", "gather_particles", "logmeanexp", "reparameterized_sample"]
@@ -103,6 +105,7 @@ def particle_filter(
     uniforms: Optional[torch.Tensor] = None,
     record: bool = False,
     initial_state: Optional[dict] = None,
+    validate: bool = False,
 ) -> ParticleFilterResult:
     """Run a particle filter with the guide as proposal; return the log-likelihood estimate.
 
@@ -121,6 +124,8 @@ def particle_filter(
             sequences: carries and log-weights continue from it (detach them for truncated BPTT).
             ``log_z`` then covers this chunk only, so the chunks' ``log_z`` add up to the whole.
             Features and encodings are computed from this chunk alone.
+        validate: check distribution arguments and supports (off by default: on the hot path the
+            checks cost about as much as the model; the Pyro path validates).
 
     Returns:
         :class:`ParticleFilterResult`; ``log_z`` is differentiable in the model and guide parameters.
@@ -133,29 +138,42 @@ def particle_filter(
         raise ValueError(f"scheme: expected one of {tuple(RESAMPLERS)}, got {scheme!r}")
     if not 0.0 < ess_threshold <= 1.0:
         raise ValueError(f"ess_threshold: expected a fraction in (0, 1], got {ess_threshold}")
-    N, (B, T) = num_particles, batch.valid.shape
-    shape = torch.Size([N, B])
-    sampler = sampler or _default_sampler
-    resampler = RESAMPLERS[scheme]
-    ssm, guide = lsm.ssm, lsm.guide_steps
+    with pyro.validation_enabled(validate):
+        if resample == "never":
+            return _filter_without_resampling(lsm, batch, num_particles, sampler or _default_sampler, record, initial_state)
+        return _filter(lsm, batch, num_particles, resample, RESAMPLERS[scheme], ess_threshold, sampler or _default_sampler,
+                       uniforms, record, initial_state)
 
+
+def _start(lsm, batch, N, initial_state):
+    ssm, guide = lsm.ssm, lsm.guide_steps
+    B, T = batch.valid.shape
     c = ssm.features(batch)
     e = guide.encode(batch, c)
-    dtype = batch.x.dtype
-    valid = batch.valid.to(dtype)
-    obs = batch.observed.to(dtype)
     if initial_state is None:
-        s, g = ssm.initial(shape), guide.initial(shape)
-        lw = torch.zeros(N, B, dtype=dtype, device=batch.x.device)
+        s, g = ssm.initial((N, B)), guide.initial((N, B))
+        lw = batch.x.new_zeros(N, B)
     else:
         s, g, lw = initial_state["s"], initial_state["g"], initial_state["lw"]
     # the previous chunk already counted logmeanexp of its final weights: count only the change
-    log_z = torch.zeros(B, dtype=dtype, device=batch.x.device) if initial_state is None else -logmeanexp(lw, 0)
+    log_z = batch.x.new_zeros(B) if initial_state is None else -logmeanexp(lw, 0)
+    return c, e, s, g, lw, log_z
+
+
+def _filter(lsm, batch, N, resample, resampler, ess_threshold, sampler, uniforms, record, initial_state):
+    """The general loop: weights every step, resampling by policy."""
+    ssm, guide = lsm.ssm, lsm.guide_steps
+    B, T = batch.valid.shape
+    shape = torch.Size([N, B])
+    c, e, s, g, lw, log_z = _start(lsm, batch, N, initial_state)
+    cs, es = unbind_time(c, T), unbind_time(e, T)
+    valid = batch.valid.to(batch.x.dtype)
+    obs = batch.observed.to(batch.x.dtype)
     n_resample = torch.zeros(B, dtype=torch.long, device=batch.x.device)
     increments, ess_hist = [], []
     arange = torch.arange(N, device=batch.x.device)[:, None].expand(N, B)
     for t in range(T):
-        c_t, e_t = slice_time(c, t), slice_time(e, t)
+        c_t, e_t = cs[t], es[t]
         x_t = batch.x[:, t]
         p = ssm.prior(s, c_t)
         q = guide.proposal(g, s, e_t, c_t, p)
@@ -168,7 +186,7 @@ def particle_filter(
             increments.append(inc)
         s = ssm.update(s, z, x_t, c_t, batch.observed[:, t])
         g = guide.update(g, z, e_t)
-        if resample == "never" or t == T - 1:
+        if t == T - 1:
             continue
         ess = effective_sample_size(lw)
         if record:
@@ -193,6 +211,53 @@ def particle_filter(
         log_weights=lw,
         increments=torch.stack(increments, -1) if record else None,
         ess=torch.stack(ess_hist, -1) if record and ess_hist else None,
+        state={"s": s, "g": g, "lw": lw},
+    )
+
+
+def _filter_without_resampling(lsm, batch, N, sampler, record, initial_state):
+    """Importance sampling along whole trajectories (IWAE, ELBO), with the model evaluated in parallel.
+
+    Without resampling, weights are only needed at the end. The sequential loop therefore runs only
+    what the trajectory needs (proposal, sample, carry updates) and keeps each step's carry; the
+    prior and the emission, which do not feed back into the trajectory, are then evaluated once
+    over all steps with leading dims ``[T, N, B]`` (steps accept any leading dims). One large
+    matrix product per layer replaces ``T`` small ones: the same numbers, much less overhead.
+    Guides whose proposal reads the prior (``uses_prior``, e.g. SRNN's Resq) get it in the loop.
+    """
+    ssm, guide = lsm.ssm, lsm.guide_steps
+    B, T = batch.valid.shape
+    shape = torch.Size([N, B])
+    c, e, s, g, lw, log_z = _start(lsm, batch, N, initial_state)
+    cs, es = unbind_time(c, T), unbind_time(e, T)
+    carries, zs, log_q, log_p = [], [], [], []
+    for t in range(T):
+        p = ssm.prior(s, cs[t]) if guide.uses_prior else None
+        q = guide.proposal(g, s, es[t], cs[t], p)
+        z = sampler(t, q, shape)
+        log_q.append(q.log_prob(z))
+        if p is not None:
+            log_p.append(p.log_prob(z))
+        carries.append(s)
+        zs.append(z)
+        s = ssm.update(s, z, batch.x[:, t], cs[t], batch.observed[:, t])
+        g = guide.update(g, z, es[t])
+    S = {k: torch.stack([cr[k].expand(shape + cr[k].shape[2:]) for cr in carries]) for k in carries[0]}
+    Z = torch.stack(zs)  # [T, N, B, Z]
+    C = {k: v.transpose(0, 1).unsqueeze(1) for k, v in c.items()}  # [T, 1, B, ...]
+    X = batch.x.transpose(0, 1).unsqueeze(1)
+    O = batch.observed.transpose(0, 1).unsqueeze(1).to(batch.x.dtype)
+    lp = torch.stack(log_p) if log_p else ssm.prior(S, C).log_prob(Z)
+    inc = lp - torch.stack(log_q) + (ssm.likelihood(S, Z, C).log_prob(X) * O).sum(-1)
+    inc = inc * batch.valid.transpose(0, 1).unsqueeze(1).to(inc.dtype)  # [T, N, B]
+    lw = lw + inc.sum(0)
+    log_z = log_z + logmeanexp(lw, 0)
+    return ParticleFilterResult(
+        log_z=log_z,
+        frames=batch.valid.sum(1),
+        num_resamples=torch.zeros(B, dtype=torch.long, device=batch.x.device),
+        log_weights=lw,
+        increments=inc.permute(1, 2, 0) if record else None,
         state={"s": s, "g": g, "lw": lw},
     )
 

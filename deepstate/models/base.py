@@ -54,6 +54,7 @@ __all__ = [
     "PriorGuide",
     "LatentSequenceModel",
     "slice_time",
+    "unbind_time",
     "apply_flat",
 ]
 
@@ -65,6 +66,19 @@ def slice_time(tree: Optional[Dict[str, torch.Tensor]], t: int) -> Dict[str, tor
     if not tree:
         return {}
     return {k: v[:, t] for k, v in tree.items()}
+
+
+def unbind_time(tree: Optional[Dict[str, torch.Tensor]], T: int) -> list:
+    """All steps of a dict of ``[B, T, ...]`` tensors as a list of ``T`` dicts of ``[B, ...]`` tensors.
+
+    Prefer this to :func:`slice_time` in loops over ``t``: the backward pass of ``unbind`` is one
+    ``stack``, whereas each ``x[:, t]`` slice back-propagates into a fresh zero tensor of the whole
+    ``[B, T, ...]`` shape (quadratic in ``T``; it was 30% of a DMM epoch on JSB).
+    """
+    if not tree:
+        return [{} for _ in range(T)]
+    cols = {k: v.unbind(1) for k, v in tree.items()}
+    return [{k: cols[k][t] for k in cols} for t in range(T)]
 
 
 def apply_flat(module: Callable, *inputs: torch.Tensor, event_dims: int = 1):
@@ -135,7 +149,13 @@ class Guide(nn.Module):
     ``encode`` runs once per batch over whole sequences (in parallel); ``proposal`` returns
     ``q(z_t | ...)`` with event shape ``[Z]``; it sees the model's carry ``s`` and its prior ``p``
     (so residual parameterisations such as SRNN's Resq are natural).
+
+    ``uses_prior``: whether :meth:`proposal` reads ``p``. Guides that do not (most) set it ``False``,
+    and then receive ``p = None`` on the particle path without resampling, where the prior is
+    evaluated for all steps at once after the loop.
     """
+
+    uses_prior = True
 
     def encode(self, batch: SequenceBatch, c: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         return {}
@@ -197,11 +217,11 @@ class LatentSequenceModel(nn.Module):
         """
         pyro.module(self.name, self)
         B, T = batch.valid.shape
-        c = self.ssm.features(batch)
+        c = unbind_time(self.ssm.features(batch), T)
         s = self.ssm.initial((B,))
         with pyro.plate(f"{self.name}_sequences", B, dim=-1):
             for t in pyro.markov(range(T)):
-                c_t = slice_time(c, t)
+                c_t = c[t]
                 valid_t = batch.valid[:, t]
                 p = self.ssm.prior(s, c_t)
                 with poutine.mask(mask=valid_t), poutine.scale(scale=annealing):
@@ -216,12 +236,13 @@ class LatentSequenceModel(nn.Module):
         pyro.module(self.name, self)
         B, T = batch.valid.shape
         c = self.ssm.features(batch)
-        e = self.guide_steps.encode(batch, c)
+        e = unbind_time(self.guide_steps.encode(batch, c), T)
+        c = unbind_time(c, T)
         s = self.ssm.initial((B,))
         g = self.guide_steps.initial((B,))
         with pyro.plate(f"{self.name}_sequences", B, dim=-1):
             for t in pyro.markov(range(T)):
-                c_t, e_t = slice_time(c, t), slice_time(e, t)
+                c_t, e_t = c[t], e[t]
                 p = self.ssm.prior(s, c_t)
                 q = self.guide_steps.proposal(g, s, e_t, c_t, p)
                 with poutine.mask(mask=batch.valid[:, t]), poutine.scale(scale=annealing):

@@ -112,6 +112,8 @@ class StructuredInferenceGuide(Guide):
         rnn: ``"gru"`` | ``"lstm"`` | ``"rnn"`` (tanh). u_dim: covariates given to the encoder.
     """
 
+    uses_prior = False
+
     def __init__(self, x_dim: int, z_dim: int = 100, rnn_dim: int = 600, kind: str = "st-r", rnn: str = "gru",
                  u_dim: int = 0, min_scale: float = 1e-3):
         super().__init__()

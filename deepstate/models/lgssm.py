@@ -233,6 +233,8 @@ class LinearFilteringGuide(Guide):
     guide can learn it exactly when everything is observed.
     """
 
+    uses_prior = False
+
     def __init__(self, z_dim: int, x_dim: int, min_scale: float = 1e-3):
         super().__init__()
         self.min_scale = min_scale
@@ -262,6 +264,8 @@ class ExactPosteriorGuide(Guide):
 
     The model is referenced, not registered as a submodule (it is registered once, as ``ssm``).
     """
+
+    uses_prior = False
 
     def __init__(self, ssm: LinearGaussianSSM):
         super().__init__()

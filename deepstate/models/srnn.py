@@ -84,6 +84,7 @@ class SRNNGuide(Guide):
                  hidden_dim: int = 300, rnn: str = "gru"):
         super().__init__()
         self.smoothing, self.resq, self.min_scale = smoothing, resq, srnn.min_scale
+        self.uses_prior = resq
         a_in = srnn.d_rnn.hidden_size + 2 * srnn.x_dim
         if smoothing:
             self.a_rnn = make_rnn(rnn, a_in, rnn_dim)

@@ -69,6 +69,8 @@ class VRNNGuide(Guide):
         smoothing: add a backward RNN over ``x_{t:T}`` (width ``rnn_dim``).
     """
 
+    uses_prior = False
+
     def __init__(self, vrnn: VRNN, smoothing: bool = False, rnn_dim: int = 256, rnn: str = "gru"):
         super().__init__()
         object.__setattr__(self, "_vrnn", vrnn)
