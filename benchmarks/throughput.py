@@ -90,7 +90,7 @@ def main(argv=None):
             loss.backward()
             torch.nn.utils.clip_grad_norm_(lsm.parameters(), 10.0)
             opt.step()
-            total += float(loss) * normalizer
+            total += loss.item() * normalizer
         dt = time.perf_counter() - t0
         if prof is not None:
             prof.__exit__(None, None, None)

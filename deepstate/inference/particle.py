@@ -37,6 +37,7 @@ import torch
 
 from ..data import SequenceBatch
 import pyro
+from torch.nn.utils import parametrize
 
 from ..models.base import LatentSequenceModel, unbind_time
 from .resampling import RESAMPLERS, effective_sample_size
@@ -138,7 +139,8 @@ def particle_filter(
         raise ValueError(f"scheme: expected one of {tuple(RESAMPLERS)}, got {scheme!r}")
     if not 0.0 < ess_threshold <= 1.0:
         raise ValueError(f"ess_threshold: expected a fraction in (0, 1], got {ess_threshold}")
-    with pyro.validation_enabled(validate):
+    # parametrised weights (orthogonal RNNs) are computed once per pass, not once per step
+    with pyro.validation_enabled(validate), parametrize.cached():
         if resample == "never":
             return _filter_without_resampling(lsm, batch, num_particles, sampler or _default_sampler, record, initial_state)
         return _filter(lsm, batch, num_particles, resample, RESAMPLERS[scheme], ess_threshold, sampler or _default_sampler,

@@ -65,7 +65,7 @@ def _build_vrnn(input_dim, likelihood, guide, hyper):
         return ssm, PriorGuide()
     g_kw = {k: v for k, v in hyper.items() if k in ("guide_rnn_dim",)}
     return ssm, VRNNGuide(ssm, smoothing=guide == "smoothing", rnn=hyper.get("rnn", "gru"),
-                          rnn_dim=g_kw.get("guide_rnn_dim", 256))
+                          rnn_dim=g_kw.get("guide_rnn_dim", 256), orthogonal=hyper.get("orthogonal", True))
 
 
 def _build_srnn(input_dim, likelihood, guide, hyper):
@@ -77,7 +77,7 @@ def _build_srnn(input_dim, likelihood, guide, hyper):
         return ssm, PriorGuide()
     return ssm, SRNNGuide(ssm, smoothing=guide == "smoothing", resq=hyper.get("resq", True),
                           rnn_dim=hyper.get("rnn_dim", 300), hidden_dim=hyper.get("hidden_dim", 300),
-                          rnn=hyper.get("rnn", "gru"))
+                          rnn=hyper.get("rnn", "gru"), orthogonal=hyper.get("orthogonal", True))
 
 
 def _build_lgssm(input_dim, likelihood, guide, hyper):

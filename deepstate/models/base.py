@@ -44,6 +44,7 @@ import pyro.distributions as dist
 import torch
 from pyro import poutine
 from torch import nn
+from torch.nn.utils import parametrize
 
 from ..data import SequenceBatch
 
@@ -216,6 +217,10 @@ class LatentSequenceModel(nn.Module):
         Sites of padded steps are masked by ``batch.valid``; unobserved dims by ``batch.observed``.
         """
         pyro.module(self.name, self)
+        with parametrize.cached():  # parametrised weights (e.g. orthogonal RNNs) computed once per pass
+            self._model(batch, annealing)
+
+    def _model(self, batch, annealing):
         B, T = batch.valid.shape
         c = unbind_time(self.ssm.features(batch), T)
         s = self.ssm.initial((B,))
@@ -234,6 +239,10 @@ class LatentSequenceModel(nn.Module):
     def guide(self, batch: SequenceBatch, annealing: float = 1.0):
         """Pyro guide: ``pyro.sample("z_t")`` from the amortised proposal, same masks as the model."""
         pyro.module(self.name, self)
+        with parametrize.cached():
+            self._guide(batch, annealing)
+
+    def _guide(self, batch, annealing):
         B, T = batch.valid.shape
         c = self.ssm.features(batch)
         e = unbind_time(self.guide_steps.encode(batch, c), T)

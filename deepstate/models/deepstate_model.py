@@ -57,7 +57,8 @@ class DeepStateModel(ExactLikelihoodFitMixin, StateSpaceModel):
     """
 
     def __init__(self, x_dim: int = 1, u_dim: int = 0, season_length: int = 0, trend: bool = True,
-                 rnn_dim: int = 40, hidden_dim: int = 40, rnn: str = "lstm", min_variance: float = 1e-4):
+                 rnn_dim: int = 40, hidden_dim: int = 40, rnn: str = "lstm", min_variance: float = 1e-4,
+                 orthogonal=True):
         super().__init__()
         if x_dim != 1:
             raise ValueError(f"x_dim: the DeepState model is univariate (x_dim=1), got {x_dim}")
@@ -71,7 +72,7 @@ class DeepStateModel(ExactLikelihoodFitMixin, StateSpaceModel):
         if trend:
             A[0, 1] = 1.0
         self.register_buffer("A", A)
-        self.rnn = make_rnn(rnn, max(u_dim + season_length, 1), rnn_dim)
+        self.rnn = make_rnn(rnn, max(u_dim + season_length, 1), rnn_dim, orthogonal)
         # per step: level, (slope), (seasonal gamma), obs scale, obs offset
         self.n_noise = n_trend + (1 if season_length else 0)
         self.head = MLP([rnn_dim, hidden_dim, self.n_noise + 2])

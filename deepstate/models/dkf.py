@@ -110,19 +110,20 @@ class StructuredInferenceGuide(Guide):
         x_dim, z_dim: sizes of the model. rnn_dim: encoder width (600).
         kind: one of ``GUIDE_KINDS`` (``"st-r"`` default, the paper's DKS).
         rnn: ``"gru"`` | ``"lstm"`` | ``"rnn"`` (tanh). u_dim: covariates given to the encoder.
+        orthogonal: ``True`` (orthogonal init), ``"parametrize"`` (kept orthogonal) or ``False``.
     """
 
     uses_prior = False
 
     def __init__(self, x_dim: int, z_dim: int = 100, rnn_dim: int = 600, kind: str = "st-r", rnn: str = "gru",
-                 u_dim: int = 0, min_scale: float = 1e-3):
+                 u_dim: int = 0, min_scale: float = 1e-3, orthogonal=True):
         super().__init__()
         if kind not in GUIDE_KINDS:
             raise ValueError(f"guide: expected one of {tuple(GUIDE_KINDS)}, got {kind!r}")
         self.kind, self.min_scale, self.z_dim = kind, min_scale, z_dim
         self.directions, self.structured = GUIDE_KINDS[kind]
         # ModuleDict keys cannot be "forward" (an nn.Module attribute): key by the first three letters
-        self.rnns = nn.ModuleDict({d[:3]: make_rnn(rnn, 2 * x_dim + u_dim, rnn_dim) for d in self.directions})
+        self.rnns = nn.ModuleDict({d[:3]: make_rnn(rnn, 2 * x_dim + u_dim, rnn_dim, orthogonal) for d in self.directions})
         if self.structured:
             self.z_q_0 = nn.Parameter(torch.zeros(z_dim))
             self.z_to_hidden = nn.Linear(z_dim, rnn_dim)

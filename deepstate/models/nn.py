@@ -110,12 +110,28 @@ def orthogonal_init_(rnn: nn.Module) -> nn.Module:
     return rnn
 
 
-def make_rnn(kind: str, input_dim: int, hidden_dim: int, orthogonal: bool = True) -> nn.Module:
-    """A one-layer batch-first ``nn.GRU`` / ``nn.LSTM`` / ``nn.RNN`` (tanh) with orthogonal init."""
+def make_rnn(kind: str, input_dim: int, hidden_dim: int, orthogonal=True) -> nn.Module:
+    """A one-layer batch-first ``nn.GRU`` / ``nn.LSTM`` / ``nn.RNN`` (tanh).
+
+    Args:
+        kind: ``"gru"``, ``"lstm"`` or ``"rnn"``.
+        orthogonal: ``True`` (default): orthogonal initialisation of each gate's recurrent matrix;
+            ``"parametrize"``: additionally keep each gate's block orthogonal throughout training
+            (:func:`~deepstate.models.orthogonal.orthogonal_parametrize_`; the particle filter and
+            Pyro's model/guide cache it per forward pass); ``False``: PyTorch's default init.
+    """
     if kind not in RNN_CELLS:
         raise ValueError(f"rnn: expected one of {tuple(RNN_CELLS)}, got {kind!r}")
+    if orthogonal not in (True, False, "parametrize"):
+        raise ValueError(f"orthogonal: expected True, False or 'parametrize', got {orthogonal!r}")
     rnn = RNN_CELLS[kind](input_dim, hidden_dim, batch_first=True)
-    return orthogonal_init_(rnn) if orthogonal else rnn
+    if orthogonal:
+        orthogonal_init_(rnn)
+    if orthogonal == "parametrize":
+        from .orthogonal import orthogonal_parametrize_
+
+        orthogonal_parametrize_(rnn)
+    return rnn
 
 
 def reverse_within_length(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

@@ -30,14 +30,16 @@ class SRNN(StateSpaceModel):
     Args:
         x_dim: observation size. z_dim: latent size (100). rnn_dim: ``d`` width (300).
         hidden_dim: MLP widths (300). likelihood: emission family. rnn: ``"gru"`` | ``"lstm"`` | ``"rnn"``.
+        orthogonal: ``True`` (orthogonal init), ``"parametrize"`` (kept orthogonal) or ``False``.
     """
 
     def __init__(self, x_dim: int, z_dim: int = 100, rnn_dim: int = 300, hidden_dim: int = 300,
-                 likelihood: str = "bernoulli", rnn: str = "gru", u_dim: int = 0, min_scale: float = 1e-3):
+                 likelihood: str = "bernoulli", rnn: str = "gru", u_dim: int = 0, min_scale: float = 1e-3,
+                 orthogonal=True):
         super().__init__()
         self.x_dim, self.z_dim, self.u_dim, self.min_scale = x_dim, z_dim, u_dim, min_scale
         self.emission = get_emission(likelihood)
-        self.d_rnn = make_rnn(rnn, 2 * x_dim + u_dim, rnn_dim)
+        self.d_rnn = make_rnn(rnn, 2 * x_dim + u_dim, rnn_dim, orthogonal)
         self.z_0 = nn.Parameter(torch.zeros(z_dim))
         self.prior_net = MLP([z_dim + rnn_dim, hidden_dim, 2 * z_dim])
         self.decoder = MLP([z_dim + rnn_dim, hidden_dim, x_dim * self.emission.n_params])
@@ -81,13 +83,13 @@ class SRNNGuide(Guide):
     """
 
     def __init__(self, srnn: SRNN, smoothing: bool = True, resq: bool = True, rnn_dim: int = 300,
-                 hidden_dim: int = 300, rnn: str = "gru"):
+                 hidden_dim: int = 300, rnn: str = "gru", orthogonal=True):
         super().__init__()
         self.smoothing, self.resq, self.min_scale = smoothing, resq, srnn.min_scale
         self.uses_prior = resq
         a_in = srnn.d_rnn.hidden_size + 2 * srnn.x_dim
         if smoothing:
-            self.a_rnn = make_rnn(rnn, a_in, rnn_dim)
+            self.a_rnn = make_rnn(rnn, a_in, rnn_dim, orthogonal)
         a_dim = rnn_dim if smoothing else a_in
         self.net = MLP([srnn.z_dim + a_dim, hidden_dim, 2 * srnn.z_dim])
 

@@ -31,10 +31,11 @@ class VRNN(StateSpaceModel):
         x_dim: observation size. z_dim: latent size (64). rnn_dim: ``H`` (512).
         feature_dim: width of ``phi_x``, ``phi_z``, prior and decoder MLPs (256).
         likelihood: emission family. rnn: ``"gru"`` | ``"lstm"`` | ``"rnn"``.
+        orthogonal: ``True`` (orthogonal init), ``"parametrize"`` (kept orthogonal) or ``False``.
     """
 
     def __init__(self, x_dim: int, z_dim: int = 64, rnn_dim: int = 512, feature_dim: int = 256,
-                 likelihood: str = "bernoulli", rnn: str = "gru", min_scale: float = 1e-3):
+                 likelihood: str = "bernoulli", rnn: str = "gru", min_scale: float = 1e-3, orthogonal=True):
         super().__init__()
         self.x_dim, self.z_dim, self.min_scale = x_dim, z_dim, min_scale
         self.emission = get_emission(likelihood)
@@ -43,7 +44,7 @@ class VRNN(StateSpaceModel):
         self.phi_z = MLP([z_dim, F])
         self.prior_net = MLP([rnn_dim, F, 2 * z_dim])
         self.decoder = MLP([rnn_dim + F, F, x_dim * self.emission.n_params])
-        self.rnn = make_rnn(rnn, 2 * F, rnn_dim)
+        self.rnn = make_rnn(rnn, 2 * F, rnn_dim, orthogonal)
 
     def initial(self, batch_shape):
         return rnn_initial(self.rnn, batch_shape, self.prior_net[0].weight)
@@ -71,14 +72,14 @@ class VRNNGuide(Guide):
 
     uses_prior = False
 
-    def __init__(self, vrnn: VRNN, smoothing: bool = False, rnn_dim: int = 256, rnn: str = "gru"):
+    def __init__(self, vrnn: VRNN, smoothing: bool = False, rnn_dim: int = 256, rnn: str = "gru", orthogonal=True):
         super().__init__()
         object.__setattr__(self, "_vrnn", vrnn)
         F = vrnn.phi_x[-1].out_features
         H = vrnn.rnn.hidden_size
         self.smoothing = smoothing
         if smoothing:
-            self.backward_rnn = make_rnn(rnn, 2 * vrnn.x_dim, rnn_dim)
+            self.backward_rnn = make_rnn(rnn, 2 * vrnn.x_dim, rnn_dim, orthogonal)
         self.encoder = MLP([F + H + (rnn_dim if smoothing else 0), F, 2 * vrnn.z_dim])
 
     def encode(self, batch, c):

@@ -1,0 +1,749 @@
+r"""Training loop: one torch optimiser path for every objective, exact resume, divergence guard, TBPTT.
+
+Objectives (``objective=``):
+
+==================  =========================================================================
+``"elbo"``          Pyro's ``Trace_ELBO().differentiable_loss(lsm.model, lsm.guide, batch, annealing)``
+``"meanfield_elbo"``  Pyro's ``TraceMeanField_ELBO`` (analytic KL terms where available)
+``"particle_elbo"`` :class:`~deepstate.inference.objectives.ParticleELBO` (``N`` single-sample ELBOs)
+``"iwae"``          :class:`~deepstate.inference.objectives.IWAE` (no DReG estimator)
+``"fivo"``          :class:`~deepstate.inference.objectives.FIVO` (ESS-adaptive resampling)
+==================  =========================================================================
+
+All are optimised with ``torch.optim.Adam`` on the module's parameters (the Pyro ELBOs through
+``differentiable_loss``, not Pyro's optimiser wrappers), with gradient-norm clipping and an
+optional per-epoch exponential learning-rate decay; a checkpoint is therefore plain torch state.
+
+**Loss scale.** Every minibatch loss is ``-(sum of its sequences' bounds) / c`` with a *fixed*
+``c = (frames in the training set) / (batches per epoch)``, so one epoch's summed loss is minus the
+whole training bound per frame and short batches are weighted as the full objective weights them.
+
+**Reproducibility and resume.** Minibatch order is a function of ``(seed, epoch)`` only. A fresh
+run seeds torch, numpy and Python's RNGs with ``seed``; a checkpoint stores the module,
+optimiser, scheduler and annealing state, the position (epoch, step within the epoch, global
+step), early-stopping state, history and every RNG state, so on CPU a run resumed from any
+checkpoint (including one written mid-epoch) ends with bit-for-bit the same parameters as the
+uninterrupted run. Validation draws come from an RNG forked and seeded by ``(seed, epoch)``, so
+validating does not perturb training. (On CUDA, kernels may be nondeterministic.)
+
+**Divergence guard.** A non-finite loss, gradient norm or updated parameter rolls the module and
+optimiser back to an in-memory copy of the state before the batch, warns and skips the batch;
+``max_bad_steps`` (3) in a row raise :class:`TrainingDiverged`, leaving the last good checkpoint on
+disk untouched and the module holding the last good parameters.
+
+**Truncated BPTT** (``tbptt=k``, particle objectives only): each minibatch is cut into chunks of
+``k`` steps; each chunk runs the particle objective from the previous chunk's final filter state
+(carries and log-weights) *detached*, followed by backward and an optimiser step. Sequences with no
+valid step in a chunk are dropped from it (they have ended: padding is at the end). Model features
+and guide encodings (e.g. a backward RNN) see only the current chunk. With ``k >= T`` it is exactly
+full backpropagation.
+
+Example:
+    >>> lsm = build("dkf", 88, "bernoulli", z_dim=32, rnn_dim=64)                  # doctest: +SKIP
+    >>> trainer = Trainer(lsm, objective="fivo", num_particles=4, checkpoint_dir="runs/dkf")  # doctest: +SKIP
+    >>> history = trainer.fit(train, valid, epochs=100)                             # doctest: +SKIP
+    >>> history[-1]["valid_bound"]                       # nats per frame            # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Callable, Iterator, List, Optional, Tuple, Union
+
+import numpy as np
+import pyro
+import torch
+from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
+
+from ..data import SequenceBatch, SequenceDataset
+from ..data.loader import minibatch_indices
+from ..models.base import LatentSequenceModel
+from .annealing import KLAnnealing, as_annealing
+from .checkpoint import CHECKPOINT_NAME, atomic_save, get_rng_state, load_checkpoint, set_rng_state
+from .evaluation import evaluate
+from .objectives import get_objective
+
+__all__ = [
+    "Trainer",
+    "TrainingDiverged",
+    "TRAINING_OBJECTIVES",
+    "time_slice",
+    "iterate_chunks",
+    "select_state",
+    "resolve_device",
+]
+
+#: Objective names the trainer accepts.
+TRAINING_OBJECTIVES = ("elbo", "meanfield_elbo", "particle_elbo", "iwae", "fivo")
+PYRO_OBJECTIVES = ("elbo", "meanfield_elbo")
+CHECKPOINT_FORMAT = "deepstate.trainer_checkpoint"
+
+
+class TrainingDiverged(RuntimeError):
+    """Raised when ``max_bad_steps`` consecutive minibatches give a non-finite loss or gradient."""
+
+
+# ---------------------------------------------------------------------------- helpers
+def resolve_device(device) -> torch.device:
+    """``device`` (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``torch.device``) checked for availability."""
+    if not isinstance(device, (str, torch.device)):
+        raise TypeError(f"device: expected a str or torch.device, got {type(device).__name__}")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"device: not a valid torch device: {device!r}") from err
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device: {device!r} requested but CUDA is not available")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device: {device!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist")
+    elif dev.type not in ("cpu", "mps"):
+        raise ValueError(f"device: expected 'cpu' or 'cuda[:i]', got {device!r}")
+    return dev
+
+
+def _pos_int(value, name: str, allow_none: bool = False) -> Optional[int]:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name}: expected a positive int{' or None' if allow_none else ''}, got {value!r}")
+    return int(value)
+
+
+def _pos_float(value, name: str, allow_none: bool = False) -> Optional[float]:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)) or not float(value) > 0 \
+            or not math.isfinite(float(value)):
+        raise ValueError(f"{name}: expected a positive finite number{' or None' if allow_none else ''}, got {value!r}")
+    return float(value)
+
+
+def time_slice(batch: SequenceBatch, t0: int, t1: int) -> Tuple[Optional[SequenceBatch], torch.Tensor]:
+    """Steps ``t0:t1`` of every sequence that has a valid step there.
+
+    Lengths become ``clamp(lengths - t0, 0, t1 - t0)``; sequences whose length would be 0 (they
+    ended before ``t0``) are dropped. Returns ``(chunk, rows)`` where ``rows`` (``[B']`` int64,
+    ascending) indexes the kept sequences in ``batch``; ``chunk`` is ``None`` if no sequence is left.
+    The time axis is trimmed to the longest kept chunk.
+    """
+    if not 0 <= t0 < t1:
+        raise ValueError(f"t0, t1: expected 0 <= t0 < t1, got {t0}, {t1}")
+    lengths = (batch.lengths - t0).clamp(0, t1 - t0)
+    rows = torch.nonzero(lengths > 0).flatten()
+    if rows.numel() == 0:
+        return None, rows
+    lengths = lengths[rows]
+    T = int(lengths.max())
+    stop = t0 + T
+    rows_list = rows.tolist()
+    chunk = SequenceBatch(
+        x=batch.x[rows, t0:stop],
+        valid=batch.valid[rows, t0:stop],
+        observed=batch.observed[rows, t0:stop],
+        lengths=lengths,
+        u=None if batch.u is None else batch.u[rows, t0:stop],
+        index=None if batch.index is None else [
+            None if batch.index[r] is None else batch.index[r][t0 : t0 + int(L)] for r, L in zip(rows_list, lengths.tolist())
+        ],
+        names=None if batch.names is None else [batch.names[r] for r in rows_list],
+    )
+    return chunk, rows
+
+
+def iterate_chunks(batch: SequenceBatch, k: int) -> Iterator[Tuple[SequenceBatch, torch.Tensor]]:
+    """Yield ``(chunk, rows)`` for consecutive chunks of ``k`` time steps (see :func:`time_slice`)."""
+    k = _pos_int(k, "k")
+    for t0 in range(0, batch.max_length, k):
+        chunk, rows = time_slice(batch, t0, t0 + k)
+        if chunk is None:
+            return
+        yield chunk, rows
+
+
+def select_state(state: dict, positions: torch.Tensor, detach: bool = True) -> dict:
+    """A particle filter state (``{"s": carry, "g": carry, "lw": [N, B]}``) restricted to batch
+    entries ``positions`` (dim 1 of every ``[N, B, ...]`` tensor), detached by default."""
+
+    def pick(t: torch.Tensor) -> torch.Tensor:
+        t = t.detach() if detach else t
+        return t.index_select(1, positions.to(t.device))
+
+    return {
+        "s": {k: pick(v) for k, v in state["s"].items()},
+        "g": {k: pick(v) for k, v in state["g"].items()},
+        "lw": pick(state["lw"]),
+    }
+
+
+def _finite_or_none(v):
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+def _params_finite(module: torch.nn.Module) -> bool:
+    flags = [torch.isfinite(p).all() for p in module.parameters()]
+    return bool(torch.stack(flags).all()) if flags else True
+
+
+# ---------------------------------------------------------------------------- the trainer
+class Trainer:
+    """Fit a :class:`~deepstate.models.base.LatentSequenceModel` with one of the training objectives.
+
+    Args:
+        lsm: the model and guide (e.g. from :func:`deepstate.models.build`); moved to ``device``.
+        objective: ``"elbo"``, ``"meanfield_elbo"``, ``"particle_elbo"``, ``"iwae"`` or ``"fivo"``.
+        num_particles: ``N`` (default: 4 for the particle objectives, 1 for the Pyro ELBOs, where it
+            is ``Trace_ELBO(num_particles=N)``, i.e. ``N`` sequential passes).
+        lr: Adam learning rate.
+        clip_norm: clip the global gradient norm to this (``None``: no clipping; the norm is still
+            computed to detect non-finite gradients).
+        lr_decay: ``ExponentialLR`` factor applied after every epoch (``1.0``: constant), in ``(0, 1]``.
+        batch_size: sequences per minibatch.
+        bucket_by_length: group sequences of similar length into minibatches (less padding).
+        annealing: KL annealing for the Pyro ELBOs: ``None``, a :class:`KLAnnealing`, a dict
+            ``{"start": ..., "warmup_steps": ...}`` or an int (warm-up steps from 0). The logged bound
+            is always unannealed. Refused (``ValueError``) for the particle objectives.
+        early_stopping_patience: stop when the validation bound (nats/frame) has not improved for
+            this many epochs (needs ``valid`` in :meth:`fit`).
+        checkpoint_dir: folder for the rolling checkpoint ``checkpoint.pt`` (written atomically).
+        checkpoint_every: also checkpoint every this many global steps (always at epoch end and
+            when stopping).
+        metrics_path: JSON-lines file; one record per step (``"kind": "step"``) and per epoch
+            (``"kind": "epoch"``) is appended. After a resume the steps since the checkpoint appear
+            again; keep the last record per ``global_step``.
+        progress: show a tqdm bar (only when stderr is a terminal).
+        tbptt: truncated backpropagation through time with chunks of this many steps (particle
+            objectives only); ``None``: full backpropagation.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or a ``torch.device``.
+        seed: non-negative int; fixes initial RNG states and every epoch's minibatch order.
+        max_bad_steps: consecutive non-finite batches before :class:`TrainingDiverged`.
+        valid_objective, valid_num_particles: the bound reported on validation data (default: the
+            training objective's particle version, i.e. ``"elbo"`` for the Pyro ELBOs, and its
+            ``num_particles``).
+        valid_batch_size: sequences per validation pass (default ``batch_size``).
+
+    Attributes:
+        history: list of per-epoch dicts (``epoch``, ``train_loss``, ``train_bound``, ``valid_bound``
+            in nats/frame, ``lr``, ``annealing``, ``steps``, ``skipped``, ``seconds``).
+        epoch, step_in_epoch, global_step: the position in training.
+        best_valid: best validation bound so far (nats/frame) or ``None``.
+        normalizer: the fixed loss normaliser ``frames / batches per epoch``.
+
+    Example:
+        >>> trainer = Trainer(lsm, objective="elbo", annealing={"start": 0.1, "warmup_steps": 500})  # doctest: +SKIP
+        >>> trainer.fit(train, valid, epochs=20)                                                      # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        lsm: LatentSequenceModel,
+        objective: str = "fivo",
+        num_particles: Optional[int] = None,
+        lr: float = 1e-3,
+        clip_norm: Optional[float] = 10.0,
+        lr_decay: float = 1.0,
+        batch_size: int = 20,
+        bucket_by_length: bool = True,
+        annealing: Union[None, KLAnnealing, dict, int] = None,
+        early_stopping_patience: Optional[int] = None,
+        checkpoint_dir: Union[None, str, os.PathLike] = None,
+        checkpoint_every: Optional[int] = None,
+        metrics_path: Union[None, str, os.PathLike] = None,
+        progress: bool = True,
+        tbptt: Optional[int] = None,
+        device: Union[str, torch.device] = "cpu",
+        seed: int = 0,
+        max_bad_steps: int = 3,
+        valid_objective: Optional[str] = None,
+        valid_num_particles: Optional[int] = None,
+        valid_batch_size: Optional[int] = None,
+    ):
+        if not isinstance(lsm, LatentSequenceModel):
+            raise TypeError(f"lsm: expected a LatentSequenceModel (from deepstate.models.build), got {type(lsm).__name__}")
+        if objective not in TRAINING_OBJECTIVES:
+            raise ValueError(f"objective: expected one of {TRAINING_OBJECTIVES}, got {objective!r}")
+        self.objective_name = objective
+        self.is_pyro = objective in PYRO_OBJECTIVES
+        default_n = 1 if self.is_pyro else 4
+        self.num_particles = _pos_int(default_n if num_particles is None else num_particles, "num_particles")
+        self.lr = _pos_float(lr, "lr")
+        self.clip_norm = _pos_float(clip_norm, "clip_norm", allow_none=True)
+        if isinstance(lr_decay, bool) or not isinstance(lr_decay, (int, float)) or not 0.0 < float(lr_decay) <= 1.0:
+            raise ValueError(f"lr_decay: expected a factor in (0, 1], got {lr_decay!r}")
+        self.lr_decay = float(lr_decay)
+        self.batch_size = _pos_int(batch_size, "batch_size")
+        if not isinstance(bucket_by_length, bool):
+            raise TypeError(f"bucket_by_length: expected a bool, got {type(bucket_by_length).__name__}")
+        self.bucket_by_length = bucket_by_length
+        self.annealing = as_annealing(annealing)
+        if self.annealing is not None and not self.is_pyro:
+            raise ValueError(
+                f"annealing: KL annealing only applies to the Pyro ELBOs ('elbo', 'meanfield_elbo'); "
+                f"objective={objective!r} is a particle bound whose weights must not be rescaled"
+            )
+        self.early_stopping_patience = _pos_int(early_stopping_patience, "early_stopping_patience", allow_none=True)
+        if checkpoint_dir is not None and not isinstance(checkpoint_dir, (str, os.PathLike)):
+            raise TypeError(f"checkpoint_dir: expected a folder path or None, got {type(checkpoint_dir).__name__}")
+        self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
+        if self.checkpoint_dir is not None and self.checkpoint_dir.exists() and not self.checkpoint_dir.is_dir():
+            raise ValueError(f"checkpoint_dir: {str(checkpoint_dir)!r} exists and is not a folder")
+        self.checkpoint_every = _pos_int(checkpoint_every, "checkpoint_every", allow_none=True)
+        if metrics_path is not None and not isinstance(metrics_path, (str, os.PathLike)):
+            raise TypeError(f"metrics_path: expected a file path or None, got {type(metrics_path).__name__}")
+        self.metrics_path = None if metrics_path is None else Path(metrics_path)
+        self.progress = bool(progress)
+        self.tbptt = _pos_int(tbptt, "tbptt", allow_none=True)
+        if self.tbptt is not None and self.is_pyro:
+            raise ValueError(
+                f"tbptt: truncated BPTT needs a particle objective ('particle_elbo', 'iwae', 'fivo'), got {objective!r}"
+            )
+        self.device = resolve_device(device)
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f"seed: expected a non-negative int, got {seed!r}")
+        self.seed = int(seed)
+        self.max_bad_steps = _pos_int(max_bad_steps, "max_bad_steps")
+        vo = valid_objective if valid_objective is not None else ("elbo" if self.is_pyro else objective)
+        if vo not in ("fivo", "iwae", "elbo", "particle_elbo"):
+            raise ValueError(f"valid_objective: expected 'fivo', 'iwae' or 'elbo', got {valid_objective!r}")
+        self.valid_objective = vo
+        self.valid_num_particles = _pos_int(
+            self.num_particles if valid_num_particles is None else valid_num_particles, "valid_num_particles")
+        self.valid_batch_size = _pos_int(self.batch_size if valid_batch_size is None else valid_batch_size,
+                                         "valid_batch_size")
+
+        self.lsm = lsm.to(self.device)
+        params = list(self.lsm.parameters())
+        if not params:
+            raise ValueError("lsm: the model has no parameters to train")
+        self.dtype = params[0].dtype
+        self.optimizer = torch.optim.Adam(params, lr=self.lr)
+        self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, gamma=self.lr_decay)
+        if self.is_pyro:
+            cls = Trace_ELBO if objective == "elbo" else TraceMeanField_ELBO
+            self._elbo = cls(num_particles=self.num_particles)
+            self._objective = None
+        else:
+            name = "elbo" if objective == "particle_elbo" else objective
+            self._objective = get_objective(name, self.num_particles)
+
+        # training position and bookkeeping (all of it goes into checkpoints)
+        self.epoch = 0
+        self.step_in_epoch = 0
+        self.global_step = 0
+        self.best_valid: Optional[float] = None
+        self.best_state: Optional[dict] = None
+        self.bad_epochs = 0
+        self.stopped_early = False
+        self.consecutive_bad = 0
+        self.history: List[dict] = []
+        self.normalizer: Optional[float] = None
+        self._accum = self._new_accum()
+        self._started = False
+        self._data_fingerprint = None
+
+    # ------------------------------------------------------------------ small pieces
+    @staticmethod
+    def _new_accum() -> dict:
+        return {"loss": 0.0, "bound": 0.0, "frames": 0, "steps": 0, "skipped": 0, "seconds": 0.0}
+
+    @property
+    def checkpoint_path(self) -> Optional[Path]:
+        """``checkpoint_dir / "checkpoint.pt"`` (or ``None``)."""
+        return None if self.checkpoint_dir is None else self.checkpoint_dir / CHECKPOINT_NAME
+
+    def _settings(self) -> dict:
+        return {
+            "objective": self.objective_name, "num_particles": self.num_particles, "lr": self.lr,
+            "clip_norm": self.clip_norm, "lr_decay": self.lr_decay, "batch_size": self.batch_size,
+            "bucket_by_length": self.bucket_by_length, "tbptt": self.tbptt, "seed": self.seed,
+            "annealing": None if self.annealing is None else {"start": self.annealing.start,
+                                                             "warmup_steps": self.annealing.warmup_steps},
+        }
+
+    def epoch_batches(self, train: SequenceBatch, epoch: int) -> List[np.ndarray]:
+        """Sequence indices of every minibatch of ``epoch``: a function of ``(seed, epoch)`` only."""
+        rng = np.random.default_rng([self.seed, int(epoch)])
+        return minibatch_indices(train.lengths, self.batch_size, shuffle=True, seed=rng,
+                                 bucket_by_length=self.bucket_by_length)
+
+    def _valid_seed(self, epoch: int) -> int:
+        return int(np.random.SeedSequence([self.seed, int(epoch), 1]).generate_state(1)[0])
+
+    def _to_device(self, batch: SequenceBatch) -> SequenceBatch:
+        if batch.x.device == self.device and batch.x.dtype == self.dtype:
+            return batch
+        return batch.to(device=self.device, dtype=self.dtype)
+
+    def _rng_devices(self) -> list:
+        return [self.device] if self.device.type == "cuda" else []
+
+    def _snapshot(self) -> dict:
+        return {
+            "model": {k: v.detach().clone() for k, v in self.lsm.state_dict().items()},
+            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+        }
+
+    def _restore(self, snap: dict) -> None:
+        self.lsm.load_state_dict(snap["model"])
+        self.optimizer.load_state_dict(snap["optimizer"])
+
+    def _log(self, record: dict) -> None:
+        if self.metrics_path is None:
+            return
+        self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
+        rec = {k: _finite_or_none(v) for k, v in record.items()}
+        with open(self.metrics_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(rec) + "\n")
+            f.flush()
+
+    # ------------------------------------------------------------------ losses
+    def _forward(self, mb: SequenceBatch, initial_state: Optional[dict] = None):
+        """``(loss, bound_total, result)``: the scaled loss to minimise, the unannealed total bound
+        of the minibatch (nats, a float) and the particle filter result (``None`` for Pyro ELBOs)."""
+        if self.is_pyro:
+            a = 1.0 if self.annealing is None else float(self.annealing.factor)
+            if a == 1.0:
+                neg_elbo = self._elbo.differentiable_loss(self.lsm.model, self.lsm.guide, mb, 1.0)
+                bound = -float(neg_elbo.detach())
+            else:
+                # the unannealed bound from the same draws: replay the RNG for a no-grad pass
+                cpu_state = torch.random.get_rng_state()
+                cuda_state = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
+                neg_elbo = self._elbo.differentiable_loss(self.lsm.model, self.lsm.guide, mb, a)
+                with torch.random.fork_rng(devices=self._rng_devices()):
+                    torch.random.set_rng_state(cpu_state)
+                    if cuda_state is not None:
+                        torch.cuda.set_rng_state(cuda_state, self.device)
+                    with torch.no_grad():
+                        bound = -float(self._elbo.differentiable_loss(self.lsm.model, self.lsm.guide, mb, 1.0))
+            return neg_elbo / self.normalizer, bound, None
+        loss, result = self._objective.loss(self.lsm, mb, self.normalizer, initial_state=initial_state)
+        return loss, float(result.log_z.detach().sum()), result
+
+    def _backward_and_step(self, loss: torch.Tensor) -> Tuple[bool, float]:
+        """Backward, clip, step. Returns ``(ok, grad_norm)``; nothing is stepped when not ok."""
+        if not bool(torch.isfinite(loss.detach())):
+            return False, math.nan
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        params = [p for p in self.lsm.parameters() if p.grad is not None]
+        if not params:
+            return True, 0.0
+        norm = torch.nn.utils.clip_grad_norm_(params, self.clip_norm if self.clip_norm is not None else math.inf)
+        norm = float(norm)
+        if not math.isfinite(norm):
+            return False, norm
+        self.optimizer.step()
+        return True, norm
+
+    def _train_batch(self, mb: SequenceBatch) -> dict:
+        """One minibatch (all its TBPTT chunks). Returns the step record; rolls back on failure."""
+        snap = self._snapshot()
+        factor = 1.0 if self.annealing is None else float(self.annealing.factor)
+        ok, norms, loss_total, bound_total = True, [], 0.0, 0.0
+        if self.tbptt is None:
+            loss, bound, _ = self._forward(mb)
+            ok, norm = self._backward_and_step(loss)
+            norms.append(norm)
+            loss_total, bound_total = float(loss.detach()), bound
+        else:
+            state, prev_rows = None, None
+            for chunk, rows in iterate_chunks(mb, self.tbptt):
+                init = None
+                if state is not None:
+                    init = select_state(state, torch.searchsorted(prev_rows, rows))
+                loss, bound, result = self._forward(chunk, init)
+                ok, norm = self._backward_and_step(loss)
+                norms.append(norm)
+                loss_total += float(loss.detach())
+                bound_total += bound
+                if not ok:
+                    break
+                state, prev_rows = result.state, rows
+        if ok and not _params_finite(self.lsm):
+            ok = False
+        if not ok:
+            self._restore(snap)
+        elif self.annealing is not None:
+            self.annealing.step()
+        finite_norms = [n for n in norms if math.isfinite(n)]
+        return {
+            "ok": ok,
+            "loss": loss_total,
+            "bound": bound_total,
+            "frames": mb.num_frames,
+            "annealing": factor,
+            "grad_norm": max(finite_norms) if len(finite_norms) == len(norms) else math.nan,
+        }
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict:
+        """Everything needed to continue this run exactly (see the module docstring)."""
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "version": 1,
+            "config": getattr(self.lsm, "config", None),
+            "model": self.lsm.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "annealing": None if self.annealing is None else self.annealing.state_dict(),
+            "epoch": self.epoch,
+            "step_in_epoch": self.step_in_epoch,
+            "global_step": self.global_step,
+            "best_valid": self.best_valid,
+            "best_state": self.best_state,
+            "bad_epochs": self.bad_epochs,
+            "stopped_early": self.stopped_early,
+            "consecutive_bad": self.consecutive_bad,
+            "accum": dict(self._accum),
+            "history": list(self.history),
+            "rng": get_rng_state(self.device),
+            "settings": self._settings(),
+            "data": self._data_fingerprint,
+            "normalizer": self.normalizer,
+        }
+
+    def save_checkpoint(self, path: Union[None, str, os.PathLike] = None) -> Path:
+        """Write :meth:`state_dict` atomically to ``path`` (default :attr:`checkpoint_path`)."""
+        path = path if path is not None else self.checkpoint_path
+        if path is None:
+            raise ValueError("path: no path given and the trainer has no checkpoint_dir")
+        return atomic_save(self.state_dict(), path)
+
+    def load_state_dict(self, state: dict, restore_rng: bool = True) -> None:
+        """Restore a :meth:`state_dict` (from :meth:`save_checkpoint`). The model's configuration must
+        match the checkpoint's (``ValueError`` otherwise)."""
+        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError("state: not a deepstate trainer checkpoint")
+        cfg, mine = state.get("config"), getattr(self.lsm, "config", None)
+        if cfg is not None and mine is not None and cfg != mine:
+            raise ValueError(f"checkpoint: saved for model config {cfg}, but this trainer's model has config {mine}")
+        try:
+            self.lsm.load_state_dict(state["model"])
+        except RuntimeError as err:
+            raise ValueError(f"checkpoint: the saved parameters do not fit this model: {err}") from err
+        if state["settings"] != self._settings():
+            diff = {k: (state["settings"].get(k), v) for k, v in self._settings().items() if state["settings"].get(k) != v}
+            warnings.warn(f"Trainer: resuming with settings that differ from the checkpoint's (saved, now): {diff}; "
+                          f"the run will not reproduce the uninterrupted one", RuntimeWarning, stacklevel=3)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.annealing is not None and state["annealing"] is not None:
+            self.annealing.load_state_dict(state["annealing"])
+        for key in ("epoch", "step_in_epoch", "global_step", "best_valid", "bad_epochs", "stopped_early",
+                    "consecutive_bad"):
+            setattr(self, key, state[key])
+        self.best_state = state["best_state"]
+        self._accum = dict(state["accum"])
+        self.history = list(state["history"])
+        if restore_rng:
+            set_rng_state(state["rng"], self.device)
+        self._started = True
+
+    def load_checkpoint(self, path: Union[None, str, os.PathLike] = None, restore_rng: bool = True) -> None:
+        """Load a checkpoint file (default :attr:`checkpoint_path`) into this trainer."""
+        path = path if path is not None else self.checkpoint_path
+        if path is None:
+            raise ValueError("path: no path given and the trainer has no checkpoint_dir")
+        state = load_checkpoint(path, map_location=self.device, kind=CHECKPOINT_FORMAT)
+        self.load_state_dict(state, restore_rng=restore_rng)
+        self._data_fingerprint = state.get("data")
+
+    # ------------------------------------------------------------------ fit
+    def _check_data(self, data, name: str, required: bool) -> Optional[SequenceBatch]:
+        if data is None:
+            if required:
+                raise ValueError(f"{name}: expected a SequenceBatch, got None")
+            return None
+        if isinstance(data, SequenceDataset):
+            data = data.batch
+        if not isinstance(data, SequenceBatch):
+            raise TypeError(f"{name}: expected a SequenceBatch (see deepstate.data), got {type(data).__name__}")
+        if data.dim != self.lsm.x_dim:
+            raise ValueError(f"{name}: expected {self.lsm.x_dim} dimensions (the model's input_dim), got {data.dim}")
+        if data.num_frames == 0:
+            raise ValueError(f"{name}: has no valid steps")
+        return data
+
+    def fit(
+        self,
+        train: SequenceBatch,
+        valid: Optional[SequenceBatch] = None,
+        epochs: int = 10,
+        resume: bool = True,
+        max_steps: Optional[int] = None,
+        callback: Optional[Callable[["Trainer", dict], Optional[bool]]] = None,
+        restore_best: bool = False,
+    ) -> List[dict]:
+        """Train until ``epochs`` epochs in total are done (counting epochs restored from a checkpoint).
+
+        Args:
+            train: training sequences ``x [B, T, D]`` (cast to the model's device and dtype per minibatch).
+            valid: optional validation sequences; their bound (nats/frame) is computed after every
+                epoch and drives early stopping.
+            epochs: total number of epochs of the run.
+            resume: if the trainer has not started yet and ``checkpoint_dir`` holds a checkpoint,
+                continue from it (the model config and training data must match).
+            max_steps: stop once this many minibatches (global steps, in total) have been processed;
+                a checkpoint is written at the stopping point, and a later ``fit`` continues from it.
+            callback: ``callback(trainer, record)`` after every step (``record`` is the step's metrics
+                dict); returning ``True`` stops training (after writing a checkpoint).
+            restore_best: at the end, load the parameters of the best validation epoch.
+
+        Returns:
+            :attr:`history`, a list of per-epoch dicts.
+
+        Raises:
+            TrainingDiverged: ``max_bad_steps`` non-finite minibatches in a row.
+        """
+        train = self._check_data(train, "train", required=True)
+        valid = self._check_data(valid, "valid", required=False)
+        epochs = _pos_int(epochs, "epochs")
+        max_steps = _pos_int(max_steps, "max_steps", allow_none=True)
+        if callback is not None and not callable(callback):
+            raise TypeError(f"callback: expected a callable or None, got {type(callback).__name__}")
+        if self.early_stopping_patience is not None and valid is None:
+            raise ValueError("valid: early_stopping_patience needs validation data")
+
+        n_batches = len(minibatch_indices(train.lengths, self.batch_size, shuffle=False))
+        fingerprint = {"num_sequences": train.batch_size, "frames": train.num_frames, "dim": train.dim,
+                       "num_batches": n_batches}
+        if not self._started and resume and self.checkpoint_path is not None and self.checkpoint_path.is_file():
+            state = load_checkpoint(self.checkpoint_path, map_location=self.device, kind=CHECKPOINT_FORMAT)
+            saved = state.get("data")
+            if saved is not None and saved != fingerprint:
+                raise ValueError(f"train: differs from the checkpointed run's data ({saved} saved, {fingerprint} "
+                                 f"now); use another checkpoint_dir or resume=False")
+            self.load_state_dict(state)
+        elif not self._started:
+            pyro.set_rng_seed(self.seed)
+            self._started = True
+        self._data_fingerprint = fingerprint
+        self.normalizer = train.num_frames / n_batches
+        self.lsm.train()
+
+        stop = False
+        while self.epoch < epochs and not stop and not self.stopped_early:
+            batches = self.epoch_batches(train, self.epoch)
+            bar = self._progress_bar(len(batches))
+            try:
+                while self.step_in_epoch < len(batches):
+                    if max_steps is not None and self.global_step >= max_steps:
+                        stop = True
+                        break
+                    t_start = time.perf_counter()
+                    idx = batches[self.step_in_epoch]
+                    mb = self._to_device(train[idx.tolist()])
+                    out = self._train_batch(mb)
+                    record = self._after_step(out, time.perf_counter() - t_start)
+                    if bar is not None:
+                        bar.update(1)
+                        bar.set_postfix(loss=f"{record['loss']:.4g}", bound=f"{record['bound_per_frame']:.4g}")
+                    if callback is not None and callback(self, record):
+                        stop = True
+                        break
+            finally:
+                if bar is not None:
+                    bar.close()
+            if stop:
+                break
+            self._end_epoch(valid)
+        if stop and self.checkpoint_path is not None:
+            self.save_checkpoint()
+        if restore_best and self.best_state is not None:
+            self.lsm.load_state_dict(self.best_state)
+        return self.history
+
+    def _progress_bar(self, total: int):
+        if not self.progress or not sys.stderr.isatty():
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=total, initial=self.step_in_epoch, desc=f"epoch {self.epoch + 1}", leave=False)
+
+    def _after_step(self, out: dict, seconds: float) -> dict:
+        a = self._accum
+        record = {
+            "kind": "step", "epoch": self.epoch, "step": self.step_in_epoch, "global_step": self.global_step + 1,
+            "loss": out["loss"], "bound_per_frame": out["bound"] / max(out["frames"], 1),
+            "annealing": out["annealing"],
+            "lr": self.optimizer.param_groups[0]["lr"], "grad_norm": out["grad_norm"], "skipped": not out["ok"],
+        }
+        a["seconds"] += seconds
+        if out["ok"]:
+            self.consecutive_bad = 0
+            a["loss"] += out["loss"]
+            a["bound"] += out["bound"]
+            a["frames"] += out["frames"]
+            a["steps"] += 1
+        else:
+            self.consecutive_bad += 1
+            a["skipped"] += 1
+        self.step_in_epoch += 1
+        self.global_step += 1
+        self._log(record)
+        if not out["ok"]:
+            if self.consecutive_bad >= self.max_bad_steps:
+                where = f"; the last good checkpoint is {str(self.checkpoint_path)!r}" \
+                    if self.checkpoint_path is not None and self.checkpoint_path.is_file() else ""
+                raise TrainingDiverged(
+                    f"training diverged: {self.consecutive_bad} consecutive minibatches with a non-finite loss or "
+                    f"gradient (epoch {self.epoch}, global step {self.global_step}); the model holds the last good "
+                    f"parameters{where}. Try a smaller lr, a smaller clip_norm, or check the data."
+                )
+            warnings.warn(
+                f"Trainer: non-finite loss or gradient at epoch {self.epoch}, step {self.step_in_epoch - 1} (global "
+                f"step {self.global_step}); rolled back to the last good state and skipped the batch "
+                f"({self.consecutive_bad} in a row)", RuntimeWarning, stacklevel=3,
+            )
+        elif self.checkpoint_every is not None and self.checkpoint_path is not None \
+                and self.global_step % self.checkpoint_every == 0:
+            self.save_checkpoint()
+        return record
+
+    def _end_epoch(self, valid: Optional[SequenceBatch]) -> None:
+        a = self._accum
+        lr_used = self.optimizer.param_groups[0]["lr"]
+        entry = {
+            "epoch": self.epoch + 1,
+            "train_loss": a["loss"] / a["steps"] if a["steps"] else math.nan,
+            "train_bound": a["bound"] / a["frames"] if a["frames"] else math.nan,
+            "valid_bound": None,
+            "lr": lr_used,
+            "annealing": 1.0 if self.annealing is None else self.annealing.factor,
+            "steps": a["steps"],
+            "skipped": a["skipped"],
+            "seconds": a["seconds"],
+        }
+        self.scheduler.step()
+        if valid is not None:
+            res = evaluate(self.lsm, valid, objective=self.valid_objective, num_particles=self.valid_num_particles,
+                           batch_size=self.valid_batch_size, seed=self._valid_seed(self.epoch))
+            self.lsm.train()
+            vb = res["nats_per_frame"]
+            entry["valid_bound"] = vb
+            if self.best_valid is None or vb > self.best_valid:
+                self.best_valid = vb
+                self.bad_epochs = 0
+                self.best_state = {k: v.detach().clone() for k, v in self.lsm.state_dict().items()}
+            else:
+                self.bad_epochs += 1
+                if self.early_stopping_patience is not None and self.bad_epochs >= self.early_stopping_patience:
+                    self.stopped_early = True
+        entry["stopped_early"] = self.stopped_early
+        self.history.append({k: _finite_or_none(v) for k, v in entry.items()})
+        self._log({"kind": "epoch", **entry})
+        self.epoch += 1
+        self.step_in_epoch = 0
+        self._accum = self._new_accum()
+        if self.checkpoint_path is not None:
+            self.save_checkpoint()
