@@ -50,8 +50,8 @@ def test_b_scaled_guide_loc_weights_give_more_active_units_than_zeroed(guide):
     batch = _batch()
     zeroed, scaled = _dkf(guide), _dkf(guide)
     with torch.no_grad():
-        zeroed.guide_steps.loc.weight.zero_()
-        scaled.guide_steps.loc.weight.mul_(20.0)
+        zeroed.guide_steps.head.weight[:Z].zero_()  # the loc rows of the fused head
+        scaled.guide_steps.head.weight[:Z].mul_(20.0)
     n0, a0 = active_units(zeroed, batch)
     n1, a1 = active_units(scaled, batch)
     assert n0 == 0 and a0.max() < 1e-12  # the mean is the bias: it ignores the data
@@ -85,7 +85,7 @@ def test_active_units_centring_and_threshold():
 def test_c_analytic_per_dim_kl_matches_monte_carlo_within_standard_error(guide):
     lsm, batch = _dkf(guide, seed=3), _batch(lengths=(6, 4, 5, 6))
     with torch.no_grad():
-        lsm.guide_steps.loc.weight.mul_(3.0)  # a guide that moves away from the prior
+        lsm.guide_steps.head.weight[:Z].mul_(3.0)  # a guide that moves away from the prior
     R, N = 8, 300
     est = {}
     for estimator in ("analytic", "mc"):
@@ -174,8 +174,7 @@ def test_d_gradient_norms_after_backward():
     loss.backward()
     norms = gradient_norms(lsm)
     assert list(norms)[-1] == "total"
-    for key in ("ssm.transition", "ssm.emitter", "ssm.z_0", "guide_steps.rnns", "guide_steps.loc",
-                "guide_steps.scale"):
+    for key in ("ssm.transition", "ssm.emitter", "ssm.z_0", "guide_steps.rnns", "guide_steps.head"):
         assert key in norms and math.isfinite(norms[key]) and norms[key] > 0, (key, norms)
     grads = [p.grad for p in lsm.parameters() if p.grad is not None]
     expected = math.sqrt(sum(float(g.pow(2).sum()) for g in grads))

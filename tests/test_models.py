@@ -112,9 +112,9 @@ def test_dkf_bounds_below_exact_lgssm_with_linear_maps():
     q, r = 0.4, 0.3
     with torch.no_grad():
         # gate fixed shut (sigmoid(-50) ~ 0): loc = skip(z) = A z; constant scale sqrt(q)
-        for p in ssm.transition.gate.parameters():
+        for p in ssm.transition.gate_out.parameters():
             p.zero_()
-        ssm.transition.gate[-1].bias.fill_(-50.0)
+        ssm.transition.gate_out.bias.fill_(-50.0)
         ssm.transition.skip.weight.copy_(A)
         ssm.transition.skip.bias.zero_()
         ssm.transition.scale.weight.zero_()
@@ -171,3 +171,19 @@ def test_sample_shapes_and_support(name):
     z, x = lsm.sample(3, 7, generator=torch.Generator().manual_seed(0))
     assert z.shape == (3, 7, 3) and x.shape == (3, 7, 5)
     assert set(x.unique().tolist()) <= {0.0, 1.0}
+
+
+def test_orthogonal_parametrisation_through_build_keeps_blocks_orthogonal():
+    """``orthogonal="parametrize"`` passes the conformance suite and stays orthogonal under FIVO training."""
+    from deepstate.models.orthogonal import orthogonality_error
+
+    lsm = _model("srnn", "smoothing", "gaussian", orthogonal="parametrize")
+    run_conformance(lsm, make_batch("gaussian", [6, 3]), make_batch("gaussian", [8], seed=3))
+    opt = torch.optim.Adam(lsm.parameters(), lr=0.1)
+    batch = make_batch("gaussian", [6, 3])
+    for _ in range(5):
+        opt.zero_grad()
+        FIVO(3).loss(lsm, batch)[0].backward()
+        opt.step()
+    assert float(orthogonality_error(lsm.ssm.d_rnn)) < 1e-6
+    assert float(orthogonality_error(lsm.guide_steps.a_rnn)) < 1e-6

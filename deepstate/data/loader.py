@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .batch import SequenceBatch
-from .convert import from_numpy, from_pandas
+from .convert import concat_batches, from_numpy, from_pandas
 
 __all__ = [
     "SequenceDataset",
@@ -294,14 +294,5 @@ def sliding_windows(series: Any, window: int, stride: int = 1) -> SequenceBatch:
         raise ValueError(f"window: expected at most the series length {T}, got {window}")
     starts = list(range(0, T - window + 1, stride))
     pieces = [_slice_time(b, s, s + window) for s in starts]
-    cat = lambda attr: torch.cat([getattr(p, attr) for p in pieces], dim=0)  # noqa: E731
     index = None if b.index is None else [p.index[0] for p in pieces]
-    return SequenceBatch(
-        x=cat("x"),
-        valid=cat("valid"),
-        observed=cat("observed"),
-        lengths=cat("lengths"),
-        u=None if b.u is None else cat("u"),
-        index=index,
-        names=starts,
-    )
+    return dataclasses.replace(concat_batches(pieces), index=index, names=starts)

@@ -284,7 +284,7 @@ def gradient_norms(module: nn.Module, depth: int = 2) -> Dict[str, float]:
     Parameters are grouped by the first ``depth`` components of their qualified name, so with the
     default ``depth=2`` a :class:`~deepstate.models.base.LatentSequenceModel` gives keys such as
     ``"ssm.transition"``, ``"ssm.emitter"``, ``"ssm.z_0"`` (a parameter owned by ``ssm`` itself),
-    ``"guide_steps.rnns"``, ``"guide_steps.loc"``; ``depth=1`` gives ``"ssm"`` and
+    ``"guide_steps.rnns"``, ``"guide_steps.head"``; ``depth=1`` gives ``"ssm"`` and
     ``"guide_steps"``. ``"total"`` (last key) is the norm over all parameters, the number that
     ``torch.nn.utils.clip_grad_norm_`` clips. Parameters without a gradient count as zero; shared
     parameters count once.

@@ -127,8 +127,8 @@ class StructuredInferenceGuide(Guide):
         if self.structured:
             self.z_q_0 = nn.Parameter(torch.zeros(z_dim))
             self.z_to_hidden = nn.Linear(z_dim, rnn_dim)
-        self.loc = nn.Linear(rnn_dim, z_dim)
-        self.scale = nn.Linear(rnn_dim, z_dim)
+        # loc and scale heads as one Linear: one matrix product per step instead of two
+        self.head = nn.Linear(rnn_dim, 2 * z_dim)
 
     def encode(self, batch, c):
         inp = masked_input(batch.x, batch.observed)
@@ -148,7 +148,8 @@ class StructuredInferenceGuide(Guide):
             h = (torch.tanh(self.z_to_hidden(g["z"])) + e["h"]) / (K + 1)
         else:
             h = e["h"] / K
-        return dist.Normal(self.loc(h), positive(self.scale(h), self.min_scale)).to_event(1)
+        loc, raw = self.head(h).chunk(2, -1)
+        return dist.Normal(loc, positive(raw, self.min_scale)).to_event(1)
 
     def update(self, g, z, e):
         return {"z": z} if self.structured else g

@@ -71,8 +71,10 @@ class GatedTransition(nn.Module):
     def __init__(self, z_dim: int, hidden_dim: int, in_dim: int = 0, min_scale: float = 1e-3):
         super().__init__()
         self.min_scale = min_scale
-        self.gate = MLP([z_dim + in_dim, hidden_dim, z_dim])
-        self.proposed = MLP([z_dim + in_dim, hidden_dim, z_dim])
+        # the first layers of the gate and proposed-mean MLPs share their input: one Linear for both
+        self.hidden = nn.Linear(z_dim + in_dim, 2 * hidden_dim)
+        self.gate_out = nn.Linear(hidden_dim, z_dim)
+        self.proposed_out = nn.Linear(hidden_dim, z_dim)
         self.skip = nn.Linear(z_dim, z_dim)
         self.scale = nn.Linear(z_dim, z_dim)
         nn.init.eye_(self.skip.weight)
@@ -81,8 +83,9 @@ class GatedTransition(nn.Module):
     def forward(self, z: torch.Tensor, extra: Optional[torch.Tensor] = None):
         """``z [..., Z]`` (and ``extra [..., E]``) -> ``(loc, scale)`` each ``[..., Z]``."""
         h = z if extra is None else torch.cat([z, extra.expand(*z.shape[:-1], extra.shape[-1])], -1)
-        gate = torch.sigmoid(self.gate(h))
-        proposed = self.proposed(h)
+        h_gate, h_proposed = F.relu(self.hidden(h)).chunk(2, -1)
+        gate = torch.sigmoid(self.gate_out(h_gate))
+        proposed = self.proposed_out(h_proposed)
         loc = (1 - gate) * self.skip(z) + gate * proposed
         scale = positive(self.scale(F.relu(proposed)), self.min_scale)
         return loc, scale
