@@ -232,12 +232,12 @@ def _filter_without_resampling(lsm, batch, N, sampler, record, initial_state):
     shape = torch.Size([N, B])
     c, e, s, g, lw, log_z = _start(lsm, batch, N, initial_state)
     cs, es = unbind_time(c, T), unbind_time(e, T)
-    carries, zs, log_q, log_p = [], [], [], []
+    carries, zs, qs, log_p = [], [], [], []
     for t in range(T):
         p = ssm.prior(s, cs[t]) if guide.uses_prior else None
         q = guide.proposal(g, s, es[t], cs[t], p)
         z = sampler(t, q, shape)
-        log_q.append(q.log_prob(z))
+        qs.append(q)
         if p is not None:
             log_p.append(p.log_prob(z))
         carries.append(s)
@@ -250,7 +250,7 @@ def _filter_without_resampling(lsm, batch, N, sampler, record, initial_state):
     X = batch.x.transpose(0, 1).unsqueeze(1)
     O = batch.observed.transpose(0, 1).unsqueeze(1).to(batch.x.dtype)
     lp = torch.stack(log_p) if log_p else ssm.prior(S, C).log_prob(Z)
-    inc = lp - torch.stack(log_q) + (ssm.likelihood(S, Z, C).log_prob(X) * O).sum(-1)
+    inc = lp - _stacked_log_prob(qs, Z) + (ssm.likelihood(S, Z, C).log_prob(X) * O).sum(-1)
     inc = inc * batch.valid.transpose(0, 1).unsqueeze(1).to(inc.dtype)  # [T, N, B]
     lw = lw + inc.sum(0)
     log_z = log_z + logmeanexp(lw, 0)
@@ -262,6 +262,25 @@ def _filter_without_resampling(lsm, batch, N, sampler, record, initial_state):
         increments=inc.permute(1, 2, 0) if record else None,
         state={"s": s, "g": g, "lw": lw},
     )
+
+
+def _stacked_log_prob(qs, Z: torch.Tensor) -> torch.Tensor:
+    """``[T, N, B]`` log-densities of ``Z [T, N, B, Z]`` under the per-step proposals ``qs``.
+
+    Diagonal-Normal proposals (every deep guide) are stacked and evaluated in one call; any other
+    family is evaluated step by step.
+    """
+    import torch.distributions as td
+
+    def diag_normal(q):
+        return isinstance(q, td.Independent) and type(q.base_dist) is td.Normal and q.reinterpreted_batch_ndims == 1
+
+    shape = Z.shape[1:]
+    if all(diag_normal(q) for q in qs):
+        loc = torch.stack([q.base_dist.loc.expand(shape) for q in qs])
+        scale = torch.stack([q.base_dist.scale.expand(shape) for q in qs])
+        return td.Normal(loc, scale, validate_args=False).log_prob(Z).sum(-1)
+    return torch.stack([q.log_prob(z) for q, z in zip(qs, Z.unbind(0))])
 
 
 def reparameterized_sample(q, eps: torch.Tensor) -> torch.Tensor:

@@ -13,6 +13,7 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 __all__ = [
     "MLP",
@@ -155,13 +156,19 @@ def run_rnn(rnn: nn.Module, x: torch.Tensor, lengths: torch.Tensor, direction: s
 
     ``direction``: ``"forward"`` (state at t summarises ``x_{1:t}``) or ``"backward"`` (``x_{t:T_b}``,
     reversed within each sequence's length). A bidirectional encoder is one RNN of each direction.
-    Outputs at padded steps are meaningless and must be masked by the caller.
+    Padded steps are skipped (packed sequences); their outputs are zeros and must be masked by the caller.
     """
-    if direction == "forward":
-        return rnn(x)[0]
+    if direction not in ("forward", "backward"):
+        raise ValueError(f"direction: expected 'forward' or 'backward', got {direction!r}")
     if direction == "backward":
-        return reverse_within_length(rnn(reverse_within_length(x, lengths))[0], lengths)
-    raise ValueError(f"direction: expected 'forward' or 'backward', got {direction!r}")
+        x = reverse_within_length(x, lengths)
+    if bool((lengths == x.shape[1]).all()):
+        out = rnn(x)[0]
+    else:
+        # packing skips the padded steps (as Pyro's DMM does): less work when lengths vary
+        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        out = pad_packed_sequence(rnn(packed)[0], batch_first=True, total_length=x.shape[1])[0]
+    return reverse_within_length(out, lengths) if direction == "backward" else out
 
 
 # ---------------------------------------------------------------------------- emissions
