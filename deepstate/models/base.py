@@ -252,7 +252,7 @@ class LatentSequenceModel(nn.Module):
         with pyro.plate(f"{self.name}_sequences", B, dim=-1):
             for t in pyro.markov(range(T)):
                 c_t, e_t = c[t], e[t]
-                p = self.ssm.prior(s, c_t)
+                p = self.ssm.prior(s, c_t) if self.guide_steps.uses_prior else None
                 q = self.guide_steps.proposal(g, s, e_t, c_t, p)
                 with poutine.mask(mask=batch.valid[:, t]), poutine.scale(scale=annealing):
                     z = pyro.sample(f"z_{t}", q)
