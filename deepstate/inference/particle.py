@@ -33,12 +33,11 @@ import dataclasses
 import math
 from typing import Callable, Optional
 
-import torch
-
-from ..data import SequenceBatch
 import pyro
+import torch
 from torch.nn.utils import parametrize
 
+from ..data import SequenceBatch
 from ..models.base import LatentSequenceModel, unbind_time
 from .resampling import RESAMPLERS, effective_sample_size
 
