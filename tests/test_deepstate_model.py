@@ -64,6 +64,7 @@ def test_recovers_local_level_noise_variances():
     c = lsm.ssm.features(batch)
     q_hat = c["q"][batch.valid].mean().item()
     r_hat = (c["obs_scale"] ** 2)[batch.valid].mean().item()
+    print(f"state noise {q_hat:.4f} (true {q}), observation noise {r_hat:.4f} (true {r})")
     assert q_hat == pytest.approx(q, rel=0.4) and r_hat == pytest.approx(r, rel=0.3), (q_hat, r_hat)
 
 

@@ -110,6 +110,7 @@ def test_mle_recovers_true_loglikelihood():
     model = LinearGaussianSSM(1, 2, dtype=torch.float64)
     history = model.fit(batch, num_steps=15)
     init_ll, fit_ll = history[0], history[-1]
+    print(f"nats/frame: start {init_ll:.4f}, true parameters {true_ll:.4f}, fitted {fit_ll:.4f}; A = {model.A.item():.3f}")
     assert init_ll < true_ll - 0.5  # the start is clearly worse
     # the MLE is at least as good as the truth on its own training data, and only a little better
     assert true_ll - 1e-3 < fit_ll < true_ll + 0.03, (init_ll, true_ll, fit_ll)

@@ -46,9 +46,12 @@ __all__ = ["evaluate", "EVAL_OBJECTIVES"]
 EVAL_OBJECTIVES = ("fivo", "iwae", "elbo", "particle_elbo")
 
 
-def _pos_int(value, name: str) -> int:
+def _pos_int(value, name: str, allow_none: bool = False) -> Optional[int]:
+    """``value`` as a positive int (``None`` passes when ``allow_none``); ValueError naming ``name`` otherwise."""
+    if value is None and allow_none:
+        return None
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name}: expected a positive int, got {value!r}")
+        raise ValueError(f"{name}: expected a positive int{' or None' if allow_none else ''}, got {value!r}")
     return int(value)
 
 

@@ -67,7 +67,7 @@ from ..data.loader import minibatch_indices
 from ..models.base import LatentSequenceModel
 from .annealing import KLAnnealing, as_annealing
 from .checkpoint import CHECKPOINT_NAME, atomic_save, get_rng_state, load_checkpoint, set_rng_state
-from .evaluation import evaluate
+from .evaluation import _pos_int, evaluate
 from .objectives import get_objective
 
 __all__ = [
@@ -107,14 +107,6 @@ def resolve_device(device) -> torch.device:
     elif dev.type not in ("cpu", "mps"):
         raise ValueError(f"device: expected 'cpu' or 'cuda[:i]', got {device!r}")
     return dev
-
-
-def _pos_int(value, name: str, allow_none: bool = False) -> Optional[int]:
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name}: expected a positive int{' or None' if allow_none else ''}, got {value!r}")
-    return int(value)
 
 
 def _pos_float(value, name: str, allow_none: bool = False) -> Optional[float]:

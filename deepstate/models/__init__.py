@@ -63,9 +63,11 @@ def _build_vrnn(input_dim, likelihood, guide, hyper):
         raise ValueError(f"guide: expected 'filtering', 'smoothing' or 'prior' for vrnn, got {guide!r}")
     if guide == "prior":
         return ssm, PriorGuide()
-    g_kw = {k: v for k, v in hyper.items() if k in ("guide_rnn_dim",)}
-    return ssm, VRNNGuide(ssm, smoothing=guide == "smoothing", rnn=hyper.get("rnn", "gru"),
-                          rnn_dim=g_kw.get("guide_rnn_dim", 256), orthogonal=hyper.get("orthogonal", True))
+    g_kw = _split_kwargs(VRNNGuide, hyper)
+    g_kw.pop("rnn_dim", None)  # the model's width; the guide's backward RNN has its own
+    if "guide_rnn_dim" in hyper:
+        g_kw["rnn_dim"] = hyper["guide_rnn_dim"]
+    return ssm, VRNNGuide(ssm, smoothing=guide == "smoothing", **g_kw)
 
 
 def _build_srnn(input_dim, likelihood, guide, hyper):
@@ -75,9 +77,7 @@ def _build_srnn(input_dim, likelihood, guide, hyper):
         raise ValueError(f"guide: expected 'smoothing', 'filtering' or 'prior' for srnn, got {guide!r}")
     if guide == "prior":
         return ssm, PriorGuide()
-    return ssm, SRNNGuide(ssm, smoothing=guide == "smoothing", resq=hyper.get("resq", True),
-                          rnn_dim=hyper.get("rnn_dim", 300), hidden_dim=hyper.get("hidden_dim", 300),
-                          rnn=hyper.get("rnn", "gru"), orthogonal=hyper.get("orthogonal", True))
+    return ssm, SRNNGuide(ssm, smoothing=guide == "smoothing", **_split_kwargs(SRNNGuide, hyper))
 
 
 def _build_lgssm(input_dim, likelihood, guide, hyper):
@@ -112,7 +112,7 @@ def _params(*classes):
 _HYPER = {
     "dkf": _params(DeepMarkovModel, StructuredInferenceGuide),
     "vrnn": _params(VRNN) | {"guide_rnn_dim"},
-    "srnn": _params(SRNN) | {"resq"},
+    "srnn": _params(SRNN, SRNNGuide),
     "lgssm": _params(LinearGaussianSSM),
     "deepstate": _params(DeepStateModel),
 }
