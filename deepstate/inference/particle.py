@@ -38,7 +38,7 @@ import torch
 from torch.nn.utils import parametrize
 
 from ..data import SequenceBatch
-from ..models.base import LatentSequenceModel, unbind_time
+from ..models.base import Guide, LatentSequenceModel, unbind_time
 from .resampling import RESAMPLERS, effective_sample_size
 
 __all__ = ["ParticleFilterResult", "particle_filter", "gather_particles", "logmeanexp", "reparameterized_sample"]
@@ -141,7 +141,7 @@ def particle_filter(
     # parametrised weights (orthogonal RNNs) are computed once per pass, not once per step
     with pyro.validation_enabled(validate), parametrize.cached():
         if resample == "never":
-            return _filter_without_resampling(lsm, batch, num_particles, sampler or _default_sampler, record, initial_state)
+            return _filter_without_resampling(lsm, batch, num_particles, sampler, record, initial_state)
         return _filter(lsm, batch, num_particles, resample, RESAMPLERS[scheme], ess_threshold, sampler or _default_sampler,
                        uniforms, record, initial_state)
 
@@ -230,26 +230,27 @@ def _filter_without_resampling(lsm, batch, N, sampler, record, initial_state):
     B, T = batch.valid.shape
     shape = torch.Size([N, B])
     c, e, s, g, lw, log_z = _start(lsm, batch, N, initial_state)
-    cs, es = unbind_time(c, T), unbind_time(e, T)
-    carries, zs, qs, log_p = [], [], [], []
-    for t in range(T):
-        p = ssm.prior(s, cs[t]) if guide.uses_prior else None
-        q = guide.proposal(g, s, es[t], cs[t], p)
-        z = sampler(t, q, shape)
-        qs.append(q)
-        if p is not None:
-            log_p.append(p.log_prob(z))
-        carries.append(s)
-        zs.append(z)
-        s = ssm.update(s, z, batch.x[:, t], cs[t], batch.observed[:, t])
-        g = guide.update(g, z, es[t])
+    cs = unbind_time(c, T)
+    rolled = None
+    if sampler is None and not guide.uses_prior and type(guide).rollout is not Guide.rollout:
+        # the guide draws its whole trajectory at once (DMM guides: fused backpropagation)
+        rolled = guide.rollout(g, e, torch.randn(T, N, B, ssm.z_dim, dtype=batch.x.dtype, device=batch.x.device))
+    if rolled is not None:
+        Z, log_q, g = rolled
+        carries = []
+        for t, z in enumerate(Z.unbind(0)):
+            carries.append(s)
+            s = ssm.update(s, z, batch.x[:, t], cs[t], batch.observed[:, t])
+        log_p = []
+    else:
+        Z, log_q, g, s, carries, log_p = _guide_loop(ssm, guide, batch, shape, cs, unbind_time(e, T), s, g,
+                                                     sampler or _default_sampler)
     S = {k: torch.stack([cr[k].expand(shape + cr[k].shape[2:]) for cr in carries]) for k in carries[0]}
-    Z = torch.stack(zs)  # [T, N, B, Z]
     C = {k: v.transpose(0, 1).unsqueeze(1) for k, v in c.items()}  # [T, 1, B, ...]
     X = batch.x.transpose(0, 1).unsqueeze(1)
     O = batch.observed.transpose(0, 1).unsqueeze(1).to(batch.x.dtype)
     lp = torch.stack(log_p) if log_p else ssm.prior(S, C).log_prob(Z)
-    inc = lp - _stacked_log_prob(qs, Z) + (ssm.likelihood(S, Z, C).log_prob(X) * O).sum(-1)
+    inc = lp - log_q + (ssm.likelihood(S, Z, C).log_prob(X) * O).sum(-1)
     inc = inc * batch.valid.transpose(0, 1).unsqueeze(1).to(inc.dtype)  # [T, N, B]
     lw = lw + inc.sum(0)
     log_z = log_z + logmeanexp(lw, 0)
@@ -261,6 +262,24 @@ def _filter_without_resampling(lsm, batch, N, sampler, record, initial_state):
         increments=inc.permute(1, 2, 0) if record else None,
         state={"s": s, "g": g, "lw": lw},
     )
+
+
+def _guide_loop(ssm, guide, batch, shape, cs, es, s, g, sampler):
+    """Step-by-step proposals: ``(Z [T, N, B, Z], log_q [T, N, B], g, s, carries, log_p)``."""
+    carries, zs, qs, log_p = [], [], [], []
+    for t in range(len(cs)):
+        p = ssm.prior(s, cs[t]) if guide.uses_prior else None
+        q = guide.proposal(g, s, es[t], cs[t], p)
+        z = sampler(t, q, shape)
+        qs.append(q)
+        if p is not None:
+            log_p.append(p.log_prob(z))
+        carries.append(s)
+        zs.append(z)
+        s = ssm.update(s, z, batch.x[:, t], cs[t], batch.observed[:, t])
+        g = guide.update(g, z, es[t])
+    Z = torch.stack(zs)  # [T, N, B, Z]
+    return Z, _stacked_log_prob(qs, Z), g, s, carries, log_p
 
 
 def _stacked_log_prob(qs, Z: torch.Tensor) -> torch.Tensor:

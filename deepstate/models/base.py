@@ -170,6 +170,21 @@ class Guide(nn.Module):
     def update(self, g: Carry, z: torch.Tensor, e: Dict[str, torch.Tensor]) -> Carry:
         return g
 
+    def rollout(self, g: Carry, e: Dict[str, torch.Tensor], eps: torch.Tensor):
+        """All ``T`` reparameterised draws at once, for guides whose proposals read neither ``s`` nor ``p``.
+
+        Args:
+            g: the guide's carry with leading dims ``[N, B]``.
+            e: the encodings (``[B, T, ...]``).
+            eps: ``[T, N, B, Z]`` standard-normal noise.
+
+        Returns:
+            ``(z [T, N, B, Z], log_q [T, N, B], g_T)`` with ``z_t = loc_t + scale_t eps_t`` exactly as
+            step-by-step :meth:`proposal` / :meth:`update` would give, or ``None`` (the default) when
+            the guide has no such shortcut; the particle path then loops over the steps.
+        """
+        return None
+
 
 class PriorGuide(Guide):
     """The bootstrap proposal ``q_t = p_t``: the particle filter becomes the bootstrap filter."""

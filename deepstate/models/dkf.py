@@ -19,13 +19,16 @@ Defaults follow the paper and Pyro's ``examples/dmm.py``: z 100, transition 200,
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import pyro.distributions as dist
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from .base import Guide, StateSpaceModel
+from .fused import combiner_rollout
 from .nn import MLP, GatedTransition, cat_broadcast, get_emission, make_rnn, masked_input, positive, run_rnn, shift_right
 
 __all__ = ["DeepMarkovModel", "StructuredInferenceGuide", "GUIDE_KINDS"]
@@ -153,3 +156,28 @@ class StructuredInferenceGuide(Guide):
 
     def update(self, g, z, e):
         return {"z": z} if self.structured else g
+
+    def rollout(self, g, e, eps):
+        """All ``T`` proposals at once (the guide reads neither the model's carry nor its prior).
+
+        Structured guides run the combiner recurrence with hand-written backpropagation
+        (:func:`~deepstate.models.fused.combiner_rollout`); mean-field guides have no recurrence at all.
+        The encoder's share of the heads, ``W_o sum_k h^k_t + b_o``, is one matrix product over all steps.
+        """
+        K = len(self.directions)
+        h = e["h"].transpose(0, 1)  # [T, B, H]
+        if not self.structured:
+            loc, raw = self.head(h / K).unsqueeze(1).chunk(2, -1)
+            scale = positive(raw, self.min_scale)
+            z = loc + scale * eps
+            return z, _diag_normal_log_prob(eps, scale), g
+        w_o = self.head.weight / (K + 1)
+        c = F.linear(h, w_o, self.head.bias)
+        z, scale = combiner_rollout(c, eps, g["z"].expand(eps.shape[1:]), self.z_to_hidden.weight, self.z_to_hidden.bias,
+                                    w_o, self.min_scale)
+        return z, _diag_normal_log_prob(eps, scale), {"z": z[-1]}
+
+
+def _diag_normal_log_prob(eps, scale):
+    """``log N(loc + scale eps; loc, scale)`` summed over the last dim, from the noise (no subtraction)."""
+    return -(0.5 * eps.pow(2) + scale.log()).sum(-1) - 0.5 * math.log(2 * math.pi) * eps.shape[-1]
