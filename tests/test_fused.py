@@ -38,12 +38,13 @@ def _batch(B=4, T=9, D=5, seed=0):
 
 
 @pytest.mark.parametrize("kind", ["st-r", "st-l", "st-lr", "mf-lr", "mf-l"])
-@pytest.mark.parametrize("N", [1, 3])
-def test_fused_particle_path_equals_step_loop(kind, N):
+@pytest.mark.parametrize("N,resample", [(1, "never"), (3, "never"), (3, "ess"), (4, "always")])
+def test_fused_particle_path_equals_step_loop(kind, N, resample):
     torch.manual_seed(1)
     lsm = build("dkf", 5, "gaussian", guide=kind, z_dim=3, transition_dim=6, emission_dim=7, rnn_dim=8).double()
     batch = _batch()
     B, T = batch.valid.shape
+    uniforms = torch.rand(T, N, B, dtype=torch.float64)
     results = []
     for fused in (True, False):
         torch.manual_seed(7)
@@ -51,10 +52,13 @@ def test_fused_particle_path_equals_step_loop(kind, N):
         torch.manual_seed(7)  # the fused path draws the same noise itself
         sampler = None if fused else (lambda t, q, shape: reparameterized_sample(q, eps[t]))
         lsm.zero_grad()
-        r = particle_filter(lsm, batch, N, resample="never", sampler=sampler)
+        r = particle_filter(lsm, batch, N, resample=resample, sampler=sampler, uniforms=uniforms, record=True)
         r.log_z.sum().backward()
-        results.append((r.log_z.detach(), [p.grad.clone() for p in lsm.parameters()], r.state["g"]))
-    (lz_f, g_f, st_f), (lz_l, g_l, st_l) = results
+        results.append((r.log_z.detach(), [p.grad.clone() for p in lsm.parameters()], r.state["g"], r.num_resamples))
+    (lz_f, g_f, st_f, nr_f), (lz_l, g_l, st_l, nr_l) = results
+    assert torch.equal(nr_f, nr_l)
+    if resample != "never":
+        assert int(nr_f.sum()) > 0
     torch.testing.assert_close(lz_f, lz_l, rtol=1e-10, atol=1e-10)
     assert sum(float(g.abs().sum()) for g in g_f) > 0
     for a, b in zip(g_f, g_l):

@@ -140,146 +140,181 @@ def particle_filter(
         raise ValueError(f"ess_threshold: expected a fraction in (0, 1], got {ess_threshold}")
     # parametrised weights (orthogonal RNNs) are computed once per pass, not once per step
     with pyro.validation_enabled(validate), parametrize.cached():
-        if resample == "never":
-            return _filter_without_resampling(lsm, batch, num_particles, sampler, record, initial_state)
-        return _filter(lsm, batch, num_particles, resample, RESAMPLERS[scheme], ess_threshold, sampler or _default_sampler,
-                       uniforms, record, initial_state)
-
-
-def _start(lsm, batch, N, initial_state):
-    ssm, guide = lsm.ssm, lsm.guide_steps
-    B, T = batch.valid.shape
-    c = ssm.features(batch)
-    e = guide.encode(batch, c)
-    if initial_state is None:
-        s, g = ssm.initial((N, B)), guide.initial((N, B))
-        lw = batch.x.new_zeros(N, B)
-    else:
-        s, g, lw = initial_state["s"], initial_state["g"], initial_state["lw"]
-    # the previous chunk already counted logmeanexp of its final weights: count only the change
-    log_z = batch.x.new_zeros(B) if initial_state is None else -logmeanexp(lw, 0)
-    return c, e, s, g, lw, log_z
+        return _filter(lsm, batch, num_particles, resample, RESAMPLERS[scheme], ess_threshold, sampler, uniforms, record,
+                       initial_state)
 
 
 def _filter(lsm, batch, N, resample, resampler, ess_threshold, sampler, uniforms, record, initial_state):
-    """The general loop: weights every step, resampling by policy."""
+    """One sequential pass for the trajectory and the resampling decisions; the weights in parallel.
+
+    The model's prior and emission never feed back into the particles' trajectory: they only weigh
+    it. So the sequential loop runs what the trajectory needs (proposal, sample, carry updates,
+    resampling with its gathers), evaluating the weights for the resampling decisions **without
+    gradient**; afterwards the differentiable increments are evaluated once over all steps with
+    leading dims ``[T, N, B]`` (steps accept any leading dims), from the carries each step saw. One
+    large matrix product per layer replaces ``T`` small ones in the forward *and* the backward pass.
+    ``log Z`` is then the sum over the stretches between resampling steps of ``logmeanexp`` of the
+    increments summed over the stretch (a scatter-add: no cumulative-sum cancellation).
+
+    Without resampling (IWAE, ELBO) no weight is needed inside the loop at all, and guides that can
+    draw their whole trajectory at once (:meth:`~deepstate.models.base.Guide.rollout`) skip it.
+    Guides whose proposal reads the prior (``uses_prior``, e.g. SRNN's Resq) get it in the loop,
+    where its log-density is kept.
+    """
     ssm, guide = lsm.ssm, lsm.guide_steps
     B, T = batch.valid.shape
     shape = torch.Size([N, B])
-    c, e, s, g, lw, log_z = _start(lsm, batch, N, initial_state)
-    cs, es = unbind_time(c, T), unbind_time(e, T)
-    valid = batch.valid.to(batch.x.dtype)
-    obs = batch.observed.to(batch.x.dtype)
-    n_resample = torch.zeros(B, dtype=torch.long, device=batch.x.device)
-    increments, ess_hist = [], []
-    arange = torch.arange(N, device=batch.x.device)[:, None].expand(N, B)
-    for t in range(T):
-        c_t, e_t = cs[t], es[t]
-        x_t = batch.x[:, t]
-        p = ssm.prior(s, c_t)
-        q = guide.proposal(g, s, e_t, c_t, p)
-        z = sampler(t, q, shape)
-        lik = ssm.likelihood(s, z, c_t)
-        inc = p.log_prob(z) - q.log_prob(z) + (lik.log_prob(x_t) * obs[:, t]).sum(-1)
-        inc = inc * valid[:, t]
-        lw = lw + inc
-        if record:
-            increments.append(inc)
-        s = ssm.update(s, z, x_t, c_t, batch.observed[:, t])
-        g = guide.update(g, z, e_t)
-        if t == T - 1:
-            continue
-        ess = effective_sample_size(lw)
-        if record:
-            ess_hist.append(ess)
-        flag = batch.valid[:, t + 1]
-        if resample == "ess":
-            flag = flag & (ess < ess_threshold * N)
-        if not bool(flag.any()):
-            continue
-        log_z = log_z + torch.where(flag, logmeanexp(lw, 0), torch.zeros_like(log_z))
-        ancestors = resampler(lw, None if uniforms is None else uniforms[t])
-        ancestors = torch.where(flag, ancestors, arange)
-        lw = torch.where(flag, torch.zeros_like(lw), lw)
-        s = gather_particles(s, ancestors)
-        g = gather_particles(g, ancestors)
-        n_resample = n_resample + flag.long()
-    log_z = log_z + logmeanexp(lw, 0)
+    dev = batch.x.device
+    c = ssm.features(batch)
+    e = guide.encode(batch, c)
+    if initial_state is None:
+        s, g = ssm.initial(shape), guide.initial(shape)
+        lw0 = batch.x.new_zeros(N, B)
+    else:
+        s, g, lw0 = initial_state["s"], initial_state["g"], initial_state["lw"]
+    cs = unbind_time(c, T)
+    weigh = resample != "never"
+    decisions = _ResamplingDecisions(ssm, batch, cs, lw0, resample, resampler, ess_threshold, uniforms)
+    log_p = []
+    if sampler is None and not guide.uses_prior and type(guide).rollout is not Guide.rollout:
+        # the guide draws its whole trajectory in one call (DMM guides: fused backpropagation); the
+        # weights for the resampling decisions follow the draws step by step, without gradient
+        s_free = s
+
+        def on_step(t, z, log_q):
+            nonlocal s_free
+            anc = decisions.step(t, s_free, z, log_q)
+            s_free = ssm.update(s_free, z, batch.x[:, t], cs[t], batch.observed[:, t])
+            if anc is not None:
+                s_free = gather_particles(s_free, anc)
+            return anc
+
+        eps = torch.randn(T, N, B, ssm.z_dim, dtype=batch.x.dtype, device=dev)
+        Z, log_q, g = guide.rollout(g, e, eps, on_step if weigh else None)
+        carries = []  # the model's carries with gradient, replaying the recorded resampling
+        for t, z in enumerate(Z.unbind(0)):
+            carries.append(s)
+            s = ssm.update(s, z, batch.x[:, t], cs[t], batch.observed[:, t])
+            if decisions.ancestors[t] is not None:
+                s = gather_particles(s, decisions.ancestors[t])
+    else:
+        sampler = sampler or _default_sampler
+        es = unbind_time(e, T)
+        carries, zs, qs = [], [], []
+        for t in range(T):
+            c_t = cs[t]
+            p = ssm.prior(s, c_t) if guide.uses_prior else None
+            q = guide.proposal(g, s, es[t], c_t, p)
+            z = sampler(t, q, shape)
+            qs.append(q)
+            zs.append(z)
+            carries.append(s)
+            if p is not None:
+                log_p.append(p.log_prob(z))
+            anc = decisions.step(t, s, z, q.log_prob(z).detach(), p) if weigh else None
+            s = ssm.update(s, z, batch.x[:, t], c_t, batch.observed[:, t])
+            g = guide.update(g, z, es[t])
+            if anc is not None:
+                s = gather_particles(s, anc)
+                g = gather_particles(g, anc)
+        Z = torch.stack(zs)  # [T, N, B, Z]
+        log_q = _stacked_log_prob(qs, Z)
+    resets = decisions.resets
+    ess_hist = decisions.ess if record else []
+    inc = _parallel_increments(ssm, batch, c, carries, Z, log_q, log_p, shape)
+    # log Z: each stretch between resampling steps contributes logmeanexp of its summed increments
+    n_resample = resets.sum(0)
+    stretch = resets.long().cumsum(0) - resets.long()  # [T, B] index of the stretch step t belongs to
+    K = int(n_resample.max()) + 1
+    lw_stretch = inc.new_zeros(K, N, B).scatter_add(0, stretch[:, None, :].expand(T, N, B), inc)
+    lw_stretch = torch.cat([lw_stretch[:1] + lw0, lw_stretch[1:]])
+    present = torch.arange(K, device=dev)[:, None] <= n_resample  # [K, B]
+    # the previous chunk already counted logmeanexp of its final weights: count only the change
+    log_z = (logmeanexp(lw_stretch, 1) * present).sum(0)
+    if initial_state is not None:
+        log_z = log_z - logmeanexp(lw0, 0)
+    lw = lw_stretch.gather(0, n_resample.view(1, 1, B).expand(1, N, B))[0]
     return ParticleFilterResult(
         log_z=log_z,
         frames=batch.valid.sum(1),
         num_resamples=n_resample,
         log_weights=lw,
-        increments=torch.stack(increments, -1) if record else None,
+        increments=inc.permute(1, 2, 0) if record else None,
         ess=torch.stack(ess_hist, -1) if record and ess_hist else None,
         state={"s": s, "g": g, "lw": lw},
     )
 
 
-def _filter_without_resampling(lsm, batch, N, sampler, record, initial_state):
-    """Importance sampling along whole trajectories (IWAE, ELBO), with the model evaluated in parallel.
+class _ResamplingDecisions:
+    """The filter's log-weights without gradient, step by step, and the resampling decisions taken on them.
 
-    Without resampling, weights are only needed at the end. The sequential loop therefore runs only
-    what the trajectory needs (proposal, sample, carry updates) and keeps each step's carry; the
-    prior and the emission, which do not feed back into the trajectory, are then evaluated once
-    over all steps with leading dims ``[T, N, B]`` (steps accept any leading dims). One large
-    matrix product per layer replaces ``T`` small ones: the same numbers, much less overhead.
-    Guides whose proposal reads the prior (``uses_prior``, e.g. SRNN's Resq) get it in the loop.
+    ``step`` weighs step ``t``'s draws (the carry ``s`` the step saw, the draws ``z``, their proposal
+    log-density) and returns the ancestors ``[N, B]`` if any sequence resamples after step ``t``
+    (identity for those that do not), else ``None``. Decisions are recorded in ``resets [T, B]``
+    and ``ancestors``.
     """
-    ssm, guide = lsm.ssm, lsm.guide_steps
-    B, T = batch.valid.shape
-    shape = torch.Size([N, B])
-    c, e, s, g, lw, log_z = _start(lsm, batch, N, initial_state)
-    cs = unbind_time(c, T)
-    rolled = None
-    if sampler is None and not guide.uses_prior and type(guide).rollout is not Guide.rollout:
-        # the guide draws its whole trajectory at once (DMM guides: fused backpropagation)
-        rolled = guide.rollout(g, e, torch.randn(T, N, B, ssm.z_dim, dtype=batch.x.dtype, device=batch.x.device))
-    if rolled is not None:
-        Z, log_q, g = rolled
-        carries = []
-        for t, z in enumerate(Z.unbind(0)):
-            carries.append(s)
-            s = ssm.update(s, z, batch.x[:, t], cs[t], batch.observed[:, t])
-        log_p = []
-    else:
-        Z, log_q, g, s, carries, log_p = _guide_loop(ssm, guide, batch, shape, cs, unbind_time(e, T), s, g,
-                                                     sampler or _default_sampler)
-    S = {k: torch.stack([cr[k].expand(shape + cr[k].shape[2:]) for cr in carries]) for k in carries[0]}
-    C = {k: v.transpose(0, 1).unsqueeze(1) for k, v in c.items()}  # [T, 1, B, ...]
-    X = batch.x.transpose(0, 1).unsqueeze(1)
-    O = batch.observed.transpose(0, 1).unsqueeze(1).to(batch.x.dtype)
-    lp = torch.stack(log_p) if log_p else ssm.prior(S, C).log_prob(Z)
-    inc = lp - log_q + (ssm.likelihood(S, Z, C).log_prob(X) * O).sum(-1)
-    inc = inc * batch.valid.transpose(0, 1).unsqueeze(1).to(inc.dtype)  # [T, N, B]
-    lw = lw + inc.sum(0)
-    log_z = log_z + logmeanexp(lw, 0)
-    return ParticleFilterResult(
-        log_z=log_z,
-        frames=batch.valid.sum(1),
-        num_resamples=torch.zeros(B, dtype=torch.long, device=batch.x.device),
-        log_weights=lw,
-        increments=inc.permute(1, 2, 0) if record else None,
-        state={"s": s, "g": g, "lw": lw},
-    )
+
+    def __init__(self, ssm, batch, cs, lw0, resample, resampler, ess_threshold, uniforms):
+        self.ssm, self.batch, self.cs = ssm, batch, cs
+        self.resample, self.resampler, self.ess_threshold, self.uniforms = resample, resampler, ess_threshold, uniforms
+        N, B = lw0.shape
+        T = batch.valid.shape[1]
+        self.lw = lw0.detach()
+        self.valid = batch.valid.to(batch.x.dtype)
+        self.obs = batch.observed.to(batch.x.dtype)
+        self.resets = torch.zeros(T, B, dtype=torch.bool, device=lw0.device)  # resampled after step t
+        self.ancestors = [None] * T
+        self.ess = []
+        self.identity = torch.arange(N, device=lw0.device)[:, None].expand(N, B)
+
+    @torch.no_grad()
+    def step(self, t, s, z, log_q, p=None):
+        ssm, batch, c_t = self.ssm, self.batch, self.cs[t]
+        p = ssm.prior(s, c_t) if p is None else p
+        log_lik = (ssm.likelihood(s, z, c_t).log_prob(batch.x[:, t]) * self.obs[:, t]).sum(-1)
+        self.lw = self.lw + (p.log_prob(z) - log_q + log_lik) * self.valid[:, t]
+        if t == len(self.ancestors) - 1:
+            return None
+        ess = effective_sample_size(self.lw)
+        self.ess.append(ess)
+        flag = batch.valid[:, t + 1]  # never after a sequence's last step
+        if self.resample == "ess":
+            flag = flag & (ess < self.ess_threshold * self.lw.shape[0])
+        if not bool(flag.any()):
+            return None
+        ancestors = self.resampler(self.lw, None if self.uniforms is None else self.uniforms[t])
+        ancestors = torch.where(flag, ancestors, self.identity)
+        self.lw = torch.where(flag, torch.zeros_like(self.lw), self.lw)
+        self.resets[t] = flag
+        self.ancestors[t] = ancestors
+        return ancestors
 
 
-def _guide_loop(ssm, guide, batch, shape, cs, es, s, g, sampler):
-    """Step-by-step proposals: ``(Z [T, N, B, Z], log_q [T, N, B], g, s, carries, log_p)``."""
-    carries, zs, qs, log_p = [], [], [], []
-    for t in range(len(cs)):
-        p = ssm.prior(s, cs[t]) if guide.uses_prior else None
-        q = guide.proposal(g, s, es[t], cs[t], p)
-        z = sampler(t, q, shape)
-        qs.append(q)
-        if p is not None:
-            log_p.append(p.log_prob(z))
-        carries.append(s)
-        zs.append(z)
-        s = ssm.update(s, z, batch.x[:, t], cs[t], batch.observed[:, t])
-        g = guide.update(g, z, es[t])
-    Z = torch.stack(zs)  # [T, N, B, Z]
-    return Z, _stacked_log_prob(qs, Z), g, s, carries, log_p
+def _parallel_increments(ssm, batch, c, carries, Z, log_q, log_p, shape):
+    """``[T, N, B]`` log-weight increments ``log p(z_t | s_t) + log l(x_t | s_t, z_t) - log q(z_t)``, masked.
+
+    The model is evaluated on the valid ``(t, b)`` rows only (padding can be half of a batch of
+    sequences of mixed lengths), with leading dims ``[V, N]``.
+    """
+    T, N, B = Z.shape[:3]
+    valid = batch.valid.t()  # [T, B]
+    rows = valid.reshape(-1).nonzero().squeeze(1)  # the valid (t, b) pairs
+
+    def select(v):  # [T, N or 1, B, ...] -> [V, N or 1, ...]
+        v = v.transpose(1, 2)
+        return v.reshape(T * B, *v.shape[2:]).index_select(0, rows)
+
+    S = {k: select(torch.stack([cr[k].expand(shape + cr[k].shape[2:]) for cr in carries])) for k in carries[0]}
+    C = {k: select(v.transpose(0, 1).unsqueeze(1)) for k, v in c.items()}
+    X = select(batch.x.transpose(0, 1).unsqueeze(1))
+    O = select(batch.observed.transpose(0, 1).unsqueeze(1)).to(batch.x.dtype)
+    Zv = select(Z)
+    model = (ssm.likelihood(S, Zv, C).log_prob(X) * O).sum(-1)  # [V, N]
+    if not log_p:
+        model = model + ssm.prior(S, C).log_prob(Zv)
+    inc = Z.new_zeros(T * B, N).index_copy(0, rows, model).view(T, B, N).transpose(1, 2)
+    own = torch.stack(log_p) - log_q if log_p else -log_q  # the proposal's (and a Resq prior's) log-densities
+    return inc + own * valid.unsqueeze(1).to(own.dtype)
 
 
 def _stacked_log_prob(qs, Z: torch.Tensor) -> torch.Tensor:

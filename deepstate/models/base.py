@@ -170,13 +170,16 @@ class Guide(nn.Module):
     def update(self, g: Carry, z: torch.Tensor, e: Dict[str, torch.Tensor]) -> Carry:
         return g
 
-    def rollout(self, g: Carry, e: Dict[str, torch.Tensor], eps: torch.Tensor):
+    def rollout(self, g: Carry, e: Dict[str, torch.Tensor], eps: torch.Tensor, on_step: Optional[Callable] = None):
         """All ``T`` reparameterised draws at once, for guides whose proposals read neither ``s`` nor ``p``.
 
         Args:
             g: the guide's carry with leading dims ``[N, B]``.
             e: the encodings (``[B, T, ...]``).
             eps: ``[T, N, B, Z]`` standard-normal noise.
+            on_step: optional ``on_step(t, z_t [N, B, Z], log_q_t [N, B]) -> ancestors [N, B] | None``,
+                called without gradient after each step's draw; when it returns ancestors (the particle
+                filter resampled), the guide's carry into step ``t + 1`` is reordered by them.
 
         Returns:
             ``(z [T, N, B, Z], log_q [T, N, B], g_T)`` with ``z_t = loc_t + scale_t eps_t`` exactly as

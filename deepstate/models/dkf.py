@@ -157,7 +157,7 @@ class StructuredInferenceGuide(Guide):
     def update(self, g, z, e):
         return {"z": z} if self.structured else g
 
-    def rollout(self, g, e, eps):
+    def rollout(self, g, e, eps, on_step=None):
         """All ``T`` proposals at once (the guide reads neither the model's carry nor its prior).
 
         Structured guides run the combiner recurrence with hand-written backpropagation
@@ -170,11 +170,16 @@ class StructuredInferenceGuide(Guide):
             loc, raw = self.head(h / K).unsqueeze(1).chunk(2, -1)
             scale = positive(raw, self.min_scale)
             z = loc + scale * eps
-            return z, _diag_normal_log_prob(eps, scale), g
+            log_q = _diag_normal_log_prob(eps, scale)
+            if on_step is not None:  # no carry to reorder: resampling only concerns the model's carries
+                with torch.no_grad():
+                    for t in range(z.shape[0]):
+                        on_step(t, z[t], log_q[t])
+            return z, log_q, g
         w_o = self.head.weight / (K + 1)
         c = F.linear(h, w_o, self.head.bias)
         z, scale = combiner_rollout(c, eps, g["z"].expand(eps.shape[1:]), self.z_to_hidden.weight, self.z_to_hidden.bias,
-                                    w_o, self.min_scale)
+                                    w_o, self.min_scale, on_step)
         return z, _diag_normal_log_prob(eps, scale), {"z": z[-1]}
 
 
