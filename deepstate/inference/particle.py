@@ -275,14 +275,15 @@ class _ResamplingDecisions:
         self.lw = self.lw + (p.log_prob(z) - log_q + log_lik) * self.valid[:, t]
         if t == len(self.ancestors) - 1:
             return None
-        ess = effective_sample_size(self.lw)
+        w = torch.softmax(self.lw, 0)  # shared by the ESS and the resampler
+        ess = effective_sample_size(self.lw, w)
         self.ess.append(ess)
         flag = batch.valid[:, t + 1]  # never after a sequence's last step
         if self.resample == "ess":
             flag = flag & (ess < self.ess_threshold * self.lw.shape[0])
         if not bool(flag.any()):
             return None
-        ancestors = self.resampler(self.lw, None if self.uniforms is None else self.uniforms[t])
+        ancestors = self.resampler(self.lw, None if self.uniforms is None else self.uniforms[t], weights=w)
         ancestors = torch.where(flag, ancestors, self.identity)
         self.lw = torch.where(flag, torch.zeros_like(self.lw), self.lw)
         self.resets[t] = flag

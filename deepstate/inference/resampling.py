@@ -20,8 +20,8 @@ import torch
 __all__ = ["multinomial_resample", "systematic_resample", "RESAMPLERS", "effective_sample_size"]
 
 
-def _cdf(log_weights: torch.Tensor) -> torch.Tensor:
-    w = torch.softmax(log_weights.detach(), dim=0)
+def _cdf(log_weights: torch.Tensor, weights: Optional[torch.Tensor] = None) -> torch.Tensor:
+    w = torch.softmax(log_weights.detach(), dim=0) if weights is None else weights
     cdf = torch.cumsum(w, dim=0)
     cdf[-1] = 1.0  # guard against round-off so every uniform finds an ancestor
     return cdf
@@ -33,26 +33,30 @@ def _search(cdf: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     return idx.clamp_max(cdf.shape[0] - 1)
 
 
-def multinomial_resample(log_weights: torch.Tensor, uniforms: Optional[torch.Tensor] = None) -> torch.Tensor:
+def multinomial_resample(log_weights: torch.Tensor, uniforms: Optional[torch.Tensor] = None,
+                         weights: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Ancestors ``[N, B]`` drawn i.i.d. from ``softmax(log_weights, 0)``.
 
     Args:
         log_weights: ``[N, B]`` (detached internally: no gradient flows through the indices).
         uniforms: optional ``[N, B]`` uniforms in ``[0, 1)``.
+        weights: optional ``softmax(log_weights, 0)`` when the caller already has it.
     """
-    cdf = _cdf(log_weights)
+    cdf = _cdf(log_weights, weights)
     u = torch.rand_like(cdf) if uniforms is None else uniforms.to(cdf)
     return _search(cdf, u)
 
 
-def systematic_resample(log_weights: torch.Tensor, uniforms: Optional[torch.Tensor] = None) -> torch.Tensor:
+def systematic_resample(log_weights: torch.Tensor, uniforms: Optional[torch.Tensor] = None,
+                        weights: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Systematic resampling: ancestors ``[N, B]`` from one uniform per filter.
 
     Args:
         log_weights: ``[N, B]``.
         uniforms: optional ``[N, B]`` uniforms; only row 0 is used (one offset per filter).
+        weights: optional ``softmax(log_weights, 0)`` when the caller already has it.
     """
-    cdf = _cdf(log_weights)
+    cdf = _cdf(log_weights, weights)
     N = cdf.shape[0]
     u0 = torch.rand_like(cdf[:1]) if uniforms is None else uniforms[:1].to(cdf)
     u = (torch.arange(N, dtype=cdf.dtype, device=cdf.device)[:, None] + u0) / N
@@ -62,7 +66,10 @@ def systematic_resample(log_weights: torch.Tensor, uniforms: Optional[torch.Tens
 RESAMPLERS = {"multinomial": multinomial_resample, "systematic": systematic_resample}
 
 
-def effective_sample_size(log_weights: torch.Tensor) -> torch.Tensor:
-    """``ESS = (sum w)^2 / sum w^2`` over dim 0, ``[N, B] -> [B]`` (between 1 and N)."""
-    lw = log_weights.detach()
-    return torch.exp(2 * torch.logsumexp(lw, 0) - torch.logsumexp(2 * lw, 0))
+def effective_sample_size(log_weights: torch.Tensor, weights: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``ESS = (sum w)^2 / sum w^2 = 1 / sum wbar^2`` over dim 0, ``[N, B] -> [B]`` (between 1 and N).
+
+    ``wbar = softmax(log_weights, 0)`` (pass it as ``weights`` if already computed).
+    """
+    w = torch.softmax(log_weights.detach(), 0) if weights is None else weights
+    return 1 / (w * w).sum(0)

@@ -49,6 +49,8 @@ class _CombinerRollout(torch.autograd.Function):
         eps_flat = eps.reshape(T, M, Z)
         w_zt, w_ot = w_z.t(), w_o.t()
         ancestors = [None] * T
+        if on_step is not None:  # log q(z_t) = -sum(eps^2 / 2 + log scale) - Z log(2 pi) / 2; the eps half at once
+            half_eps_sq = 0.5 * eps.pow(2).sum(-1) + _HALF_LOG_2PI * Z  # [T, N, B]
         z = z0.reshape(M, Z)
         for t in range(T):
             z_in[t] = z
@@ -59,7 +61,7 @@ class _CombinerRollout(torch.autograd.Function):
             torch.add(F.softplus(r), floor, out=scale[t])
             z = torch.addcmul(loc, scale[t], eps_flat[t], out=zs[t])
             if on_step is not None:
-                log_q = -(0.5 * eps[t].pow(2) + scale[t].view(N, B, Z).log()).sum(-1) - _HALF_LOG_2PI * Z
+                log_q = -half_eps_sq[t] - scale[t].log().sum(-1).view(N, B)
                 anc = on_step(t, z.view(N, B, Z), log_q)
                 if anc is not None:
                     ancestors[t] = anc.view(N, B, 1).expand(N, B, Z)

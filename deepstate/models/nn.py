@@ -87,7 +87,7 @@ class GatedTransition(nn.Module):
         h_gate, h_proposed = F.relu(self.hidden(h)).chunk(2, -1)
         gate = torch.sigmoid(self.gate_out(h_gate))
         proposed = self.proposed_out(h_proposed)
-        loc = (1 - gate) * self.skip(z) + gate * proposed
+        loc = torch.lerp(self.skip(z), proposed, gate)  # (1 - gate) * skip + gate * proposed, one op
         scale = positive(self.scale(F.relu(proposed)), self.min_scale)
         return loc, scale
 
