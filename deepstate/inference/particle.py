@@ -58,7 +58,8 @@ class ParticleFilterResult:
         increments: ``[N, B, T]`` per-step log-weight increments (only with ``record=True``).
         ess: ``[B, T]`` effective sample size before each resampling decision (``record=True``).
         state: the filter's state after the last step (carries ``s``, ``g`` and log-weights ``lw``),
-            to continue on the next chunk of the same sequences (truncated BPTT, streaming).
+            to continue on the next chunk of the same sequences (truncated BPTT, streaming). The carries
+            of sequences that ended before the chunk's last step are unspecified (they never continue).
     """
 
     log_z: torch.Tensor
@@ -138,13 +139,54 @@ def particle_filter(
         raise ValueError(f"scheme: expected one of {tuple(RESAMPLERS)}, got {scheme!r}")
     if not 0.0 < ess_threshold <= 1.0:
         raise ValueError(f"ess_threshold: expected a fraction in (0, 1], got {ess_threshold}")
+    guide = lsm.guide_steps
+    fused = sampler is None and not guide.uses_prior and type(guide).rollout is not Guide.rollout
     # parametrised weights (orthogonal RNNs) are computed once per pass, not once per step
     with pyro.validation_enabled(validate), parametrize.cached():
-        return _filter(lsm, batch, num_particles, resample, RESAMPLERS[scheme], ess_threshold, sampler, uniforms, record,
-                       initial_state)
+        if not fused:
+            return _filter(lsm, batch, num_particles, resample, RESAMPLERS[scheme], ess_threshold, sampler, uniforms,
+                           record, initial_state)
+        # the guide draws whole trajectories; with the batch sorted by decreasing length, the sequences
+        # still running at step t are a prefix, and steps skip the ones that have ended
+        order = torch.argsort(batch.lengths, descending=True, stable=True)
+        permuted = not bool((order == torch.arange(len(order), device=order.device)).all())
+        if permuted:
+            batch = batch[order]
+            uniforms = None if uniforms is None else uniforms[:, :, order.to(uniforms.device)]
+            initial_state = None if initial_state is None else _permute_state(initial_state, order)
+        running = batch.valid.sum(0)  # [T]
+        prefix = torch.arange(batch.batch_size, device=running.device)[:, None] < running
+        widths = running.tolist() if bool((prefix == batch.valid).all()) else None
+        result = _filter(lsm, batch, num_particles, resample, RESAMPLERS[scheme], ess_threshold, None, uniforms, record,
+                         initial_state, fused=True, widths=widths)
+        return _unpermute(result, order) if permuted else result
 
 
-def _filter(lsm, batch, N, resample, resampler, ess_threshold, sampler, uniforms, record, initial_state):
+def _permute_state(state: dict, order: torch.Tensor) -> dict:
+    """Reorder a filter state's sequences (dim 1 of every ``[N, B, ...]`` tensor) by ``order``."""
+    return {
+        "s": {k: v.index_select(1, order) for k, v in state["s"].items()},
+        "g": {k: v.index_select(1, order) for k, v in state["g"].items()},
+        "lw": state["lw"].index_select(1, order),
+    }
+
+
+def _unpermute(result: ParticleFilterResult, order: torch.Tensor) -> ParticleFilterResult:
+    """Undo a reordering of the batch's sequences in every output of :func:`particle_filter`."""
+    inv = torch.argsort(order)
+    return ParticleFilterResult(
+        log_z=result.log_z[inv],
+        frames=result.frames[inv],
+        num_resamples=result.num_resamples[inv],
+        log_weights=result.log_weights[:, inv],
+        increments=None if result.increments is None else result.increments[:, inv],
+        ess=None if result.ess is None else result.ess[inv],
+        state=_permute_state(result.state, inv),
+    )
+
+
+def _filter(lsm, batch, N, resample, resampler, ess_threshold, sampler, uniforms, record, initial_state, fused=False,
+            widths=None):
     """One sequential pass for the trajectory and the resampling decisions; the weights in parallel.
 
     The model's prior and emission never feed back into the particles' trajectory: they only weigh
@@ -176,21 +218,25 @@ def _filter(lsm, batch, N, resample, resampler, ess_threshold, sampler, uniforms
     weigh = resample != "never"
     decisions = _ResamplingDecisions(ssm, batch, cs, lw0, resample, resampler, ess_threshold, uniforms)
     log_p = []
-    if sampler is None and not guide.uses_prior and type(guide).rollout is not Guide.rollout:
+    if fused:
         # the guide draws its whole trajectory in one call (DMM guides: fused backpropagation); the
-        # weights for the resampling decisions follow the draws step by step, without gradient
+        # weights for the resampling decisions follow the draws step by step, without gradient, and
+        # only for the sequences still running (``widths``)
         s_free = s
 
         def on_step(t, z, log_q):
             nonlocal s_free
-            anc = decisions.step(t, s_free, z, log_q)
-            s_free = ssm.update(s_free, z, batch.x[:, t], cs[t], batch.observed[:, t])
+            w = B if widths is None else widths[t]
+            s_free = _first(s_free, w)
+            anc = decisions.step(t, s_free, z[:, :w], log_q[:, :w], width=w)
+            c_t = {k: v[:w] for k, v in cs[t].items()}
+            s_free = ssm.update(s_free, z[:, :w], batch.x[:w, t], c_t, batch.observed[:w, t])
             if anc is not None:
-                s_free = gather_particles(s_free, anc)
+                s_free = gather_particles(s_free, anc[:, :w])
             return anc
 
         eps = torch.randn(T, N, B, ssm.z_dim, dtype=batch.x.dtype, device=dev)
-        Z, log_q, g = guide.rollout(g, e, eps, on_step if weigh else None)
+        Z, log_q, g = guide.rollout(g, e, eps, on_step if weigh else None, widths)
         carries = []  # the model's carries with gradient, replaying the recorded resampling
         for t, z in enumerate(Z.unbind(0)):
             carries.append(s)
@@ -259,7 +305,7 @@ class _ResamplingDecisions:
         self.resample, self.resampler, self.ess_threshold, self.uniforms = resample, resampler, ess_threshold, uniforms
         N, B = lw0.shape
         T = batch.valid.shape[1]
-        self.lw = lw0.detach()
+        self.lw = lw0.detach().clone()  # updated in place
         self.valid = batch.valid.to(batch.x.dtype)
         self.obs = batch.observed.to(batch.x.dtype)
         self.resets = torch.zeros(T, B, dtype=torch.bool, device=lw0.device)  # resampled after step t
@@ -268,27 +314,37 @@ class _ResamplingDecisions:
         self.identity = torch.arange(N, device=lw0.device)[:, None].expand(N, B)
 
     @torch.no_grad()
-    def step(self, t, s, z, log_q, p=None):
-        ssm, batch, c_t = self.ssm, self.batch, self.cs[t]
+    def step(self, t, s, z, log_q, p=None, width=None):
+        """Weigh step ``t``; ``width``: only the first ``width`` sequences are running (``s``, ``z``, ``log_q`` narrowed)."""
+        ssm, batch = self.ssm, self.batch
+        w = batch.batch_size if width is None else width
+        c_t = self.cs[t] if width is None else {k: v[:w] for k, v in self.cs[t].items()}
         p = ssm.prior(s, c_t) if p is None else p
-        log_lik = (ssm.likelihood(s, z, c_t).log_prob(batch.x[:, t]) * self.obs[:, t]).sum(-1)
-        self.lw = self.lw + (p.log_prob(z) - log_q + log_lik) * self.valid[:, t]
+        log_lik = (ssm.likelihood(s, z, c_t).log_prob(batch.x[:w, t]) * self.obs[:w, t]).sum(-1)
+        self.lw[:, :w] += (p.log_prob(z) - log_q + log_lik) * self.valid[:w, t]
         if t == len(self.ancestors) - 1:
             return None
-        w = torch.softmax(self.lw, 0)  # shared by the ESS and the resampler
-        ess = effective_sample_size(self.lw, w)
+        weights = torch.softmax(self.lw, 0)  # shared by the ESS and the resampler
+        ess = effective_sample_size(self.lw, weights)
         self.ess.append(ess)
-        flag = batch.valid[:, t + 1]  # never after a sequence's last step
+        flag = batch.valid[:w, t + 1]  # never after a sequence's last step
         if self.resample == "ess":
-            flag = flag & (ess < self.ess_threshold * self.lw.shape[0])
+            flag = flag & (ess[:w] < self.ess_threshold * self.lw.shape[0])
         if not bool(flag.any()):
             return None
-        ancestors = self.resampler(self.lw, None if self.uniforms is None else self.uniforms[t], weights=w)
-        ancestors = torch.where(flag, ancestors, self.identity)
-        self.lw = torch.where(flag, torch.zeros_like(self.lw), self.lw)
-        self.resets[t] = flag
+        u = None if self.uniforms is None else self.uniforms[t][:, :w]
+        drawn = self.resampler(self.lw[:, :w], u, weights=weights[:, :w])
+        ancestors = self.identity.clone()
+        ancestors[:, :w] = torch.where(flag, drawn, self.identity[:, :w])
+        self.lw[:, :w] = torch.where(flag, torch.zeros_like(drawn, dtype=self.lw.dtype), self.lw[:, :w])
+        self.resets[t, :w] = flag
         self.ancestors[t] = ancestors
         return ancestors
+
+
+def _first(carry: dict, width: int) -> dict:
+    """The first ``width`` sequences of every ``[N, B, ...]`` carry tensor (a view; no-op when already that wide)."""
+    return {k: v if v.shape[1] == width else v[:, :width] for k, v in carry.items()}
 
 
 def _parallel_increments(ssm, batch, c, carries, Z, log_q, log_p, shape):

@@ -170,7 +170,8 @@ class Guide(nn.Module):
     def update(self, g: Carry, z: torch.Tensor, e: Dict[str, torch.Tensor]) -> Carry:
         return g
 
-    def rollout(self, g: Carry, e: Dict[str, torch.Tensor], eps: torch.Tensor, on_step: Optional[Callable] = None):
+    def rollout(self, g: Carry, e: Dict[str, torch.Tensor], eps: torch.Tensor, on_step: Optional[Callable] = None,
+                widths: Optional[list] = None):
         """All ``T`` reparameterised draws at once, for guides whose proposals read neither ``s`` nor ``p``.
 
         Args:
@@ -180,6 +181,9 @@ class Guide(nn.Module):
             on_step: optional ``on_step(t, z_t [N, B, Z], log_q_t [N, B]) -> ancestors [N, B] | None``,
                 called without gradient after each step's draw; when it returns ancestors (the particle
                 filter resampled), the guide's carry into step ``t + 1`` is reordered by them.
+            widths: optional ``[T]`` counts: the batch is sorted by decreasing length and at step ``t``
+                only the first ``widths[t]`` sequences are running; a guide may skip the others' rows
+                (their ``z`` and ``log_q`` are masked by the caller).
 
         Returns:
             ``(z [T, N, B, Z], log_q [T, N, B], g_T)`` with ``z_t = loc_t + scale_t eps_t`` exactly as

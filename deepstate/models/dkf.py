@@ -157,7 +157,7 @@ class StructuredInferenceGuide(Guide):
     def update(self, g, z, e):
         return {"z": z} if self.structured else g
 
-    def rollout(self, g, e, eps, on_step=None):
+    def rollout(self, g, e, eps, on_step=None, widths=None):
         """All ``T`` proposals at once (the guide reads neither the model's carry nor its prior).
 
         Structured guides run the combiner recurrence with hand-written backpropagation
@@ -179,7 +179,7 @@ class StructuredInferenceGuide(Guide):
         w_o = self.head.weight / (K + 1)
         c = F.linear(h, w_o, self.head.bias)
         z, scale = combiner_rollout(c, eps, g["z"].expand(eps.shape[1:]), self.z_to_hidden.weight, self.z_to_hidden.bias,
-                                    w_o, self.min_scale, on_step)
+                                    w_o, self.min_scale, on_step, widths)
         return z, _diag_normal_log_prob(eps, scale), {"z": z[-1]}
 
 

@@ -34,75 +34,88 @@ _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
 class _CombinerRollout(torch.autograd.Function):
+    # Internally rows are (sequence, particle) pairs, sequence-major: when the batch is sorted by
+    # decreasing length, the sequences still running at step t are a prefix of the rows, and a step
+    # touches only those (padding costs nothing, as with packed RNNs).
+
     @staticmethod
-    def forward(ctx, c, eps, z0, w_z, b_z, w_o, floor, on_step):
+    def forward(ctx, c, eps, z0, w_z, b_z, w_o, floor, on_step, widths):
         # c [T, B, 2Z]; eps [T, N, B, Z]; z0 [N, B, Z]; w_z [H, Z]; b_z [H]; w_o [2Z, H]
         T, N, B, Z = eps.shape
         H = w_z.shape[0]
-        M = N * B
-        a = eps.new_empty(T, M, H)
-        raw = eps.new_empty(T, M, Z)
-        zs = eps.new_empty(T, M, Z)
-        z_in = eps.new_empty(T, M, Z)  # the carry entering each step (z_{t-1} after any resampling)
-        scale = eps.new_empty(T, M, Z)
-        c = c.unsqueeze(1).expand(T, N, B, 2 * Z).reshape(T, M, 2 * Z)  # one copy, so addmm can add it in place
-        eps_flat = eps.reshape(T, M, Z)
+        M = B * N
+        rows = [M] * T if widths is None else [w * N for w in widths]
+        a = eps.new_zeros(T, M, H)
+        raw = eps.new_zeros(T, M, Z)
+        zs = eps.new_zeros(T, M, Z)
+        z_in = eps.new_zeros(T, M, Z)  # the carry entering each step (z_{t-1} after any resampling)
+        scale = eps.new_ones(T, M, Z)  # rows past a sequence's end stay at 1 (log-density finite, then masked)
+        c = c.unsqueeze(2).expand(T, B, N, 2 * Z).reshape(T, M, 2 * Z)  # one copy, so addmm can add it in place
+        eps_rows = eps.transpose(1, 2).reshape(T, M, Z)
         w_zt, w_ot = w_z.t(), w_o.t()
         ancestors = [None] * T
         if on_step is not None:  # log q(z_t) = -sum(eps^2 / 2 + log scale) - Z log(2 pi) / 2; the eps half at once
             half_eps_sq = 0.5 * eps.pow(2).sum(-1) + _HALF_LOG_2PI * Z  # [T, N, B]
-        z = z0.reshape(M, Z)
+        z = z0.transpose(0, 1).reshape(M, Z)
         for t in range(T):
-            z_in[t] = z
-            torch.tanh(torch.addmm(b_z, z, w_zt), out=a[t])
-            o = torch.addmm(c[t], a[t], w_ot)
+            m = rows[t]
+            z = z[:m]
+            z_in[t, :m] = z
+            torch.tanh(torch.addmm(b_z, z, w_zt), out=a[t, :m])
+            o = torch.addmm(c[t, :m], a[t, :m], w_ot)
             loc, r = o[:, :Z], o[:, Z:]
-            raw[t] = r
-            torch.add(F.softplus(r), floor, out=scale[t])
-            z = torch.addcmul(loc, scale[t], eps_flat[t], out=zs[t])
+            raw[t, :m] = r
+            torch.add(F.softplus(r), floor, out=scale[t, :m])
+            z = torch.addcmul(loc, scale[t, :m], eps_rows[t, :m], out=zs[t, :m])
             if on_step is not None:
-                log_q = -half_eps_sq[t] - scale[t].log().sum(-1).view(N, B)
-                anc = on_step(t, z.view(N, B, Z), log_q)
-                if anc is not None:
-                    ancestors[t] = anc.view(N, B, 1).expand(N, B, Z)
-                    z = z.view(N, B, Z).gather(0, ancestors[t]).view(M, Z)
-        ctx.save_for_backward(eps_flat, w_z, w_o, a, raw, z_in)
-        ctx.ancestors = ancestors
+                z_nb = zs[t].view(B, N, Z).transpose(0, 1)  # [N, B, Z]
+                log_q = -half_eps_sq[t] - scale[t].log().sum(-1).view(B, N).t()
+                anc = on_step(t, z_nb, log_q)
+                if anc is not None:  # [N, B]: reorder each sequence's particles
+                    ancestors[t] = anc.t()[: m // N].unsqueeze(-1).expand(m // N, N, Z)
+                    z = z.view(m // N, N, Z).gather(1, ancestors[t]).view(m, Z)
+        ctx.save_for_backward(eps_rows, w_z, w_o, a, raw, z_in)
+        ctx.ancestors, ctx.rows = ancestors, rows
         ctx.shape = (T, N, B, Z)
-        return zs.view(T, N, B, Z), scale.view(T, N, B, Z)
+        return zs.view(T, B, N, Z).transpose(1, 2), scale.view(T, B, N, Z).transpose(1, 2)
 
     @staticmethod
     def backward(ctx, g_z, g_scale):
         eps, w_z, w_o, a, raw, z_in = ctx.saved_tensors
         T, N, B, Z = ctx.shape
-        M = N * B
+        M = B * N
         H = w_z.shape[0]
-        g_z = torch.zeros_like(z_in) if g_z is None else g_z.reshape(T, M, Z)
-        g_scale = torch.zeros_like(z_in) if g_scale is None else g_scale.reshape(T, M, Z)
+        g_z = torch.zeros_like(z_in) if g_z is None else g_z.transpose(1, 2).reshape(T, M, Z)
+        g_scale = torch.zeros_like(z_in) if g_scale is None else g_scale.transpose(1, 2).reshape(T, M, Z)
         dsoftplus = torch.sigmoid(raw)  # d softplus / d raw (softplus is linear above 20; sigmoid(20) = 1 - 2e-9)
         dtanh = 1 - a * a
-        d_o = a.new_empty(T, M, 2 * Z)  # gradient w.r.t. o_t, all steps
-        d_pre = a.new_empty(T, M, H)  # gradient w.r.t. W_z z_{t-1} + b_z, all steps
-        dz = torch.zeros_like(z_in[0])  # gradient w.r.t. the carry leaving step t
+        d_o = a.new_zeros(T, M, 2 * Z)  # gradient w.r.t. o_t, all steps
+        d_pre = a.new_zeros(T, M, H)  # gradient w.r.t. W_z z_{t-1} + b_z, all steps
+        dz = z_in.new_zeros(ctx.rows[-1], Z)  # gradient w.r.t. the carry leaving step t
         for t in range(T - 1, -1, -1):
+            m = ctx.rows[t]
+            if dz.shape[0] < m:  # sequences that ended at step t: nothing flows back from t + 1
+                dz = torch.cat([dz, dz.new_zeros(m - dz.shape[0], Z)])
             anc = ctx.ancestors[t]
             if anc is not None:  # the carry was gathered from z_t: scatter its gradient back
-                dz = torch.zeros_like(dz).view(N, B, Z).scatter_add_(0, anc, dz.view(N, B, Z)).view(M, Z)
-            dz = dz + g_z[t]  # from the log-densities at t, plus from step t + 1 through z_t
-            d_o[t, :, :Z] = dz
-            torch.mul(torch.addcmul(g_scale[t], dz, eps[t]), dsoftplus[t], out=d_o[t, :, Z:])
-            torch.mul(d_o[t] @ w_o, dtanh[t], out=d_pre[t])
-            dz = d_pre[t] @ w_z
+                dz = torch.zeros_like(dz).view(m // N, N, Z).scatter_add_(1, anc, dz.view(m // N, N, Z)).view(m, Z)
+            dz = dz + g_z[t, :m]  # from the log-densities at t, plus from step t + 1 through z_t
+            d_o[t, :m, :Z] = dz
+            torch.mul(torch.addcmul(g_scale[t, :m], dz, eps[t, :m]), dsoftplus[t, :m], out=d_o[t, :m, Z:])
+            torch.mul(d_o[t, :m] @ w_o, dtanh[t, :m], out=d_pre[t, :m])
+            dz = d_pre[t, :m] @ w_z
+        if dz.shape[0] < M:
+            dz = torch.cat([dz, dz.new_zeros(M - dz.shape[0], Z)])
         d_pre2, d_o2 = d_pre.reshape(-1, H), d_o.reshape(-1, 2 * Z)
         g_w_z = d_pre2.t() @ z_in.reshape(-1, Z)
         g_b_z = d_pre2.sum(0)
         g_w_o = d_o2.t() @ a.reshape(-1, H)
-        g_c = d_o.view(T, N, B, 2 * Z).sum(1)
-        return g_c, None, dz.view(N, B, Z), g_w_z, g_b_z, g_w_o, None, None
+        g_c = d_o.view(T, B, N, 2 * Z).sum(2)
+        return g_c, None, dz.view(B, N, Z).transpose(0, 1), g_w_z, g_b_z, g_w_o, None, None, None
 
 
 def combiner_rollout(c: torch.Tensor, eps: torch.Tensor, z0: torch.Tensor, w_z: torch.Tensor, b_z: torch.Tensor,
-                     w_o: torch.Tensor, floor: float, on_step: Optional[Callable] = None):
+                     w_o: torch.Tensor, floor: float, on_step: Optional[Callable] = None, widths: Optional[list] = None):
     """Run the structured combiner over all steps; returns ``(z, scale)``, each ``[T, N, B, Z]``.
 
     Args:
@@ -116,8 +129,11 @@ def combiner_rollout(c: torch.Tensor, eps: torch.Tensor, z0: torch.Tensor, w_z: 
             without gradient after each draw (the particle filter's weighing and resampling decision);
             when it returns ancestors, the carry into step ``t + 1`` is ``z_t`` reordered by them, and
             the backward pass scatters the carry's gradient back to the ancestors.
+        widths: optional ``[T]`` list: at step ``t`` only the first ``widths[t]`` sequences are still
+            running (the batch sorted by decreasing length); the others' rows are skipped. Their
+            outputs are then ``z = 0``, ``scale = 1`` and must be masked by the caller.
 
     Differentiable in ``c``, ``z0``, ``w_z``, ``b_z`` and ``w_o``; gradients equal autograd's
     through the step-by-step loop (tested to float64 round-off).
     """
-    return _CombinerRollout.apply(c, eps, z0.contiguous(), w_z, b_z, w_o, float(floor), on_step)
+    return _CombinerRollout.apply(c, eps, z0, w_z, b_z, w_o, float(floor), on_step, widths)
