@@ -226,7 +226,9 @@ def _filter(lsm, batch, N, resample, resampler, ess_threshold, sampler, uniforms
 
         def on_step(t, z, log_q):
             nonlocal s_free
-            w = B if widths is None else widths[t]
+            if t == T - 1:  # no decision after the last step
+                return None
+            w = B if widths is None else widths[t + 1]  # only the sequences that go on matter
             s_free = _first(s_free, w)
             anc = decisions.step(t, s_free, z[:, :w], log_q[:, :w], width=w)
             c_t = {k: v[:w] for k, v in cs[t].items()}
@@ -315,15 +317,16 @@ class _ResamplingDecisions:
 
     @torch.no_grad()
     def step(self, t, s, z, log_q, p=None, width=None):
-        """Weigh step ``t``; ``width``: only the first ``width`` sequences are running (``s``, ``z``, ``log_q`` narrowed)."""
+        """Weigh step ``t`` and decide; ``width``: only the first ``width`` sequences go on to step ``t + 1``
+        (``s``, ``z``, ``log_q`` narrowed to them; the others' weights are never used again)."""
         ssm, batch = self.ssm, self.batch
+        if t == len(self.ancestors) - 1:  # no decision after the last step (log Z is computed afterwards)
+            return None
         w = batch.batch_size if width is None else width
         c_t = self.cs[t] if width is None else {k: v[:w] for k, v in self.cs[t].items()}
         p = ssm.prior(s, c_t) if p is None else p
         log_lik = (ssm.likelihood(s, z, c_t).log_prob(batch.x[:w, t]) * self.obs[:w, t]).sum(-1)
         self.lw[:, :w] += (p.log_prob(z) - log_q + log_lik) * self.valid[:w, t]
-        if t == len(self.ancestors) - 1:
-            return None
         weights = torch.softmax(self.lw, 0)  # shared by the ESS and the resampler
         ess = effective_sample_size(self.lw, weights)
         self.ess.append(ess)
@@ -334,10 +337,12 @@ class _ResamplingDecisions:
             return None
         u = None if self.uniforms is None else self.uniforms[t][:, :w]
         drawn = self.resampler(self.lw[:, :w], u, weights=weights[:, :w])
-        ancestors = self.identity.clone()
-        ancestors[:, :w] = torch.where(flag, drawn, self.identity[:, :w])
-        self.lw[:, :w] = torch.where(flag, torch.zeros_like(drawn, dtype=self.lw.dtype), self.lw[:, :w])
-        self.resets[t, :w] = flag
+        if w < batch.batch_size:  # the ended sequences keep their particles
+            flag = torch.cat([flag, flag.new_zeros(batch.batch_size - w)])
+            drawn = torch.cat([drawn, self.identity[:, w:]], 1)
+        ancestors = torch.where(flag, drawn, self.identity)
+        self.lw.masked_fill_(flag, 0.0)
+        self.resets[t] = flag
         self.ancestors[t] = ancestors
         return ancestors
 

@@ -22,15 +22,22 @@ __all__ = ["multinomial_resample", "systematic_resample", "RESAMPLERS", "effecti
 
 def _cdf(log_weights: torch.Tensor, weights: Optional[torch.Tensor] = None) -> torch.Tensor:
     w = torch.softmax(log_weights.detach(), dim=0) if weights is None else weights
-    cdf = torch.cumsum(w, dim=0)
-    cdf[-1] = 1.0  # guard against round-off so every uniform finds an ancestor
-    return cdf
+    return torch.cumsum(w, dim=0)
 
 
 def _search(cdf: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    # cdf, u: [N, B] -> ancestors [N, B]; searchsorted works on the last dim
-    idx = torch.searchsorted(cdf.T.contiguous(), u.T.contiguous(), right=True).T
-    return idx.clamp_max(cdf.shape[0] - 1)
+    """``ancestors[n, b]`` = the number of ``cdf[:, b]`` entries ``<= u[n, b]`` (inverse-CDF lookup).
+
+    The clamp guards against round-off (``cdf[-1]`` slightly below 1). For few particles one
+    broadcast comparison ``[N, N, B]`` is cheaper than ``searchsorted`` (which needs the filters on the
+    last dim, i.e. two transposed copies).
+    """
+    N = cdf.shape[0]
+    if N <= 64:
+        idx = (cdf.unsqueeze(0) <= u.unsqueeze(1)).sum(1)
+    else:
+        idx = torch.searchsorted(cdf.T.contiguous(), u.T.contiguous(), right=True).T
+    return idx.clamp_max(N - 1)
 
 
 def multinomial_resample(log_weights: torch.Tensor, uniforms: Optional[torch.Tensor] = None,
