@@ -26,10 +26,11 @@ def test_combiner_rollout_gradcheck():
     assert torch.autograd.gradcheck(f, (c, z0, w_z, b_z, w_o))
 
 
-def _batch(B=4, T=9, D=5, seed=0):
+def _batch(B=4, T=9, D=5, seed=0, lengths=None):
     g = torch.Generator().manual_seed(seed)
-    lengths = torch.randint(3, T + 1, (B,), generator=g)
-    lengths[0] = T
+    if lengths is None:
+        lengths = torch.randint(3, T + 1, (B,), generator=g)
+        lengths[0] = T
     seqs = [torch.randn(int(L), D, generator=g, dtype=torch.float64) for L in lengths]
     batch = SequenceBatch.from_sequences(seqs)
     obs = batch.observed.clone()
@@ -69,3 +70,33 @@ def test_fused_particle_path_equals_step_loop(kind, N, resample):
     assert full.sum() >= 1
     for k in st_l:
         torch.testing.assert_close(st_f[k][:, full], st_l[k][:, full])
+
+
+@pytest.mark.parametrize("resample", ["never", "ess"])
+def test_fused_path_continues_chunks_like_the_step_loop(resample):
+    """Truncated-BPTT chunks on the fused path (which sorts each chunk by length and skips ended
+    sequences) carry the same state into the next chunk as the step-by-step loop."""
+    from deepstate.inference.trainer import iterate_chunks, select_state
+
+    torch.manual_seed(2)
+    lsm = build("dkf", 5, "gaussian", z_dim=3, transition_dim=6, emission_dim=7, rnn_dim=8).double()
+    # chunks of 4 steps: lengths (4, 2, 4, 3, 4) in the second chunk and (2, 1, 2) in the third are unsorted
+    batch = _batch(lengths=[10, 6, 9, 7, 10], seed=3)
+    N = 3
+    totals = []
+    for fused in (True, False):
+        state, prev_rows, total = None, None, torch.zeros(5, dtype=torch.float64)
+        for c, (chunk, rows) in enumerate(iterate_chunks(batch, 4)):
+            Tc, Bc = chunk.valid.shape[1], chunk.batch_size
+            torch.manual_seed(100 + c)
+            order = torch.argsort(chunk.lengths, descending=True, stable=True)
+            eps = torch.randn(Tc, N, Bc, 3, dtype=torch.float64)[:, :, torch.argsort(order)]
+            uniforms = torch.rand(Tc, N, Bc, dtype=torch.float64)
+            torch.manual_seed(100 + c)
+            sampler = None if fused else (lambda t, q, shape, eps=eps: reparameterized_sample(q, eps[t]))
+            init = None if state is None else select_state(state, torch.searchsorted(prev_rows, rows))
+            r = particle_filter(lsm, chunk, N, resample=resample, sampler=sampler, uniforms=uniforms, initial_state=init)
+            total[rows] += r.log_z.detach()
+            state, prev_rows = r.state, rows
+        totals.append(total)
+    torch.testing.assert_close(totals[0], totals[1], rtol=1e-10, atol=1e-10)
