@@ -3,7 +3,6 @@
 import math
 
 import numpy as np
-import pyro
 import pytest
 import torch
 from pyro.infer import RenyiELBO

@@ -19,8 +19,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
-import torch
-
 from ..data import SequenceBatch
 from ..models.base import LatentSequenceModel
 from .particle import ParticleFilterResult, particle_filter

@@ -206,7 +206,6 @@ def _filter(lsm, batch, N, resample, resampler, ess_threshold, sampler, uniforms
     ssm, guide = lsm.ssm, lsm.guide_steps
     B, T = batch.valid.shape
     shape = torch.Size([N, B])
-    dev = batch.x.device
     c = ssm.features(batch)
     e = guide.encode(batch, c)
     if initial_state is None:
@@ -215,82 +214,111 @@ def _filter(lsm, batch, N, resample, resampler, ess_threshold, sampler, uniforms
     else:
         s, g, lw0 = initial_state["s"], initial_state["g"], initial_state["lw"]
     cs = unbind_time(c, T)
-    weigh = resample != "never"
     decisions = _ResamplingDecisions(ssm, batch, cs, lw0, resample, resampler, ess_threshold, uniforms)
-    log_p = []
+    weigh = resample != "never"
     if fused:
-        # the guide draws its whole trajectory in one call (DMM guides: fused backpropagation); the
-        # weights for the resampling decisions follow the draws step by step, without gradient, and
-        # only for the sequences still running (``widths``)
-        s_free = s
-
-        def on_step(t, z, log_q):
-            nonlocal s_free
-            if t == T - 1:  # no decision after the last step
-                return None
-            w = B if widths is None else widths[t + 1]  # only the sequences that go on matter
-            s_free = _first(s_free, w)
-            anc = decisions.step(t, s_free, z[:, :w], log_q[:, :w], width=w)
-            c_t = {k: v[:w] for k, v in cs[t].items()}
-            s_free = ssm.update(s_free, z[:, :w], batch.x[:w, t], c_t, batch.observed[:w, t])
-            if anc is not None:
-                s_free = gather_particles(s_free, anc[:, :w])
-            return anc
-
-        eps = torch.randn(T, N, B, ssm.z_dim, dtype=batch.x.dtype, device=dev)
-        Z, log_q, g = guide.rollout(g, e, eps, on_step if weigh else None, widths)
-        carries = []  # the model's carries with gradient, replaying the recorded resampling
-        for t, z in enumerate(Z.unbind(0)):
-            carries.append(s)
-            s = ssm.update(s, z, batch.x[:, t], cs[t], batch.observed[:, t])
-            if decisions.ancestors[t] is not None:
-                s = gather_particles(s, decisions.ancestors[t])
+        Z, log_q, log_p, carries, s, g = _fused_trajectory(lsm, batch, cs, e, s, g, decisions, weigh, widths)
     else:
-        sampler = sampler or _default_sampler
-        es = unbind_time(e, T)
-        carries, zs, qs = [], [], []
-        for t in range(T):
-            c_t = cs[t]
-            p = ssm.prior(s, c_t) if guide.uses_prior else None
-            q = guide.proposal(g, s, es[t], c_t, p)
-            z = sampler(t, q, shape)
-            qs.append(q)
-            zs.append(z)
-            carries.append(s)
-            if p is not None:
-                log_p.append(p.log_prob(z))
-            anc = decisions.step(t, s, z, q.log_prob(z).detach(), p) if weigh else None
-            s = ssm.update(s, z, batch.x[:, t], c_t, batch.observed[:, t])
-            g = guide.update(g, z, es[t])
-            if anc is not None:
-                s = gather_particles(s, anc)
-                g = gather_particles(g, anc)
-        Z = torch.stack(zs)  # [T, N, B, Z]
-        log_q = _stacked_log_prob(qs, Z)
-    resets = decisions.resets
-    ess_hist = decisions.ess if record else []
+        Z, log_q, log_p, carries, s, g = _stepwise_trajectory(lsm, batch, cs, e, s, g, decisions, weigh,
+                                                              sampler or _default_sampler)
     inc = _parallel_increments(ssm, batch, c, carries, Z, log_q, log_p, shape)
-    # log Z: each stretch between resampling steps contributes logmeanexp of its summed increments
-    n_resample = resets.sum(0)
-    stretch = resets.long().cumsum(0) - resets.long()  # [T, B] index of the stretch step t belongs to
-    K = int(n_resample.max()) + 1
-    lw_stretch = inc.new_zeros(K, N, B).scatter_add(0, stretch[:, None, :].expand(T, N, B), inc)
-    lw_stretch = torch.cat([lw_stretch[:1] + lw0, lw_stretch[1:]])
-    present = torch.arange(K, device=dev)[:, None] <= n_resample  # [K, B]
-    # the previous chunk already counted logmeanexp of its final weights: count only the change
-    log_z = (logmeanexp(lw_stretch, 1) * present).sum(0)
-    if initial_state is not None:
+    log_z, lw = _log_z(inc, decisions.resets, lw0)
+    if initial_state is not None:  # the previous chunk already counted logmeanexp of its final weights
         log_z = log_z - logmeanexp(lw0, 0)
-    lw = lw_stretch.gather(0, n_resample.view(1, 1, B).expand(1, N, B))[0]
     return ParticleFilterResult(
         log_z=log_z,
         frames=batch.valid.sum(1),
-        num_resamples=n_resample,
+        num_resamples=decisions.resets.sum(0),
         log_weights=lw,
         increments=inc.permute(1, 2, 0) if record else None,
-        ess=torch.stack(ess_hist, -1) if record and ess_hist else None,
+        ess=torch.stack(decisions.ess, -1) if record and decisions.ess else None,
         state={"s": s, "g": g, "lw": lw},
     )
+
+
+def _fused_trajectory(lsm, batch, cs, e, s, g, decisions, weigh, widths):
+    """The guide draws the whole trajectory in one call (:meth:`~deepstate.models.base.Guide.rollout`).
+
+    The weights for the resampling decisions follow the draws step by step without gradient (``on_step``),
+    for the sequences still running only. The model's carries with gradient are then replayed from the
+    draws and the recorded ancestors. Returns ``(Z, log_q, log_p, carries, s, g)`` like the step loop.
+    """
+    ssm, guide = lsm.ssm, lsm.guide_steps
+    B, T = batch.valid.shape
+    N = decisions.lw.shape[0]
+    s_free = s  # the model's carry without gradient, for the weights
+
+    def on_step(t, z, log_q):
+        nonlocal s_free
+        if t == T - 1:  # no decision after the last step
+            return None
+        w = B if widths is None else widths[t + 1]  # only the sequences that go on matter
+        s_free = _first(s_free, w)
+        anc = decisions.step(t, s_free, z[:, :w], log_q[:, :w], width=w)
+        c_t = {k: v[:w] for k, v in cs[t].items()}
+        s_free = ssm.update(s_free, z[:, :w], batch.x[:w, t], c_t, batch.observed[:w, t])
+        if anc is not None:
+            s_free = gather_particles(s_free, anc[:, :w])
+        return anc
+
+    eps = torch.randn(T, N, B, ssm.z_dim, dtype=batch.x.dtype, device=batch.x.device)
+    Z, log_q, g = guide.rollout(g, e, eps, on_step if weigh else None, widths)
+    carries = []
+    for t, z in enumerate(Z.unbind(0)):
+        carries.append(s)
+        s = ssm.update(s, z, batch.x[:, t], cs[t], batch.observed[:, t])
+        if decisions.ancestors[t] is not None:
+            s = gather_particles(s, decisions.ancestors[t])
+    return Z, log_q, [], carries, s, g
+
+
+def _stepwise_trajectory(lsm, batch, cs, e, s, g, decisions, weigh, sampler):
+    """Proposal, draw, weights without gradient, resampling and carry updates, one step at a time.
+
+    Returns ``(Z [T, N, B, Z], log_q [T, N, B], log_p, carries, s, g)``: ``carries[t]`` is the model's
+    carry step ``t`` saw (after any resampling), ``log_p`` the prior's log-densities when the guide
+    reads the prior (``uses_prior``), else empty.
+    """
+    ssm, guide = lsm.ssm, lsm.guide_steps
+    T = batch.valid.shape[1]
+    shape = decisions.lw.shape
+    es = unbind_time(e, T)
+    carries, zs, qs, log_p = [], [], [], []
+    for t in range(T):
+        c_t = cs[t]
+        p = ssm.prior(s, c_t) if guide.uses_prior else None
+        q = guide.proposal(g, s, es[t], c_t, p)
+        z = sampler(t, q, shape)
+        qs.append(q)
+        zs.append(z)
+        carries.append(s)
+        if p is not None:
+            log_p.append(p.log_prob(z))
+        anc = decisions.step(t, s, z, q.log_prob(z).detach(), p) if weigh else None
+        s = ssm.update(s, z, batch.x[:, t], c_t, batch.observed[:, t])
+        g = guide.update(g, z, es[t])
+        if anc is not None:
+            s = gather_particles(s, anc)
+            g = gather_particles(g, anc)
+    Z = torch.stack(zs)
+    return Z, _stacked_log_prob(qs, Z), log_p, carries, s, g
+
+
+def _log_z(inc: torch.Tensor, resets: torch.Tensor, lw0: torch.Tensor):
+    """``log Z [B]`` and the final log-weights ``[N, B]`` from increments ``[T, N, B]`` and resampling flags ``[T, B]``.
+
+    Each stretch between resampling steps contributes ``logmeanexp`` over particles of its summed
+    increments (a scatter-add per stretch: no cumulative-sum cancellation); ``lw0`` starts the first.
+    """
+    T, N, B = inc.shape
+    n_resample = resets.sum(0)
+    stretch = resets.long().cumsum(0) - resets.long()  # [T, B] index of the stretch step t belongs to
+    K = int(n_resample.max()) + 1
+    lw = inc.new_zeros(K, N, B).scatter_add(0, stretch[:, None, :].expand(T, N, B), inc)
+    lw = torch.cat([lw[:1] + lw0, lw[1:]])
+    present = torch.arange(K, device=inc.device)[:, None] <= n_resample  # [K, B]
+    log_z = (logmeanexp(lw, 1) * present).sum(0)
+    return log_z, lw.gather(0, n_resample.view(1, 1, B).expand(1, N, B))[0]
 
 
 class _ResamplingDecisions:

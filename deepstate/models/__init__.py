@@ -31,6 +31,7 @@ __all__ = [
     "LatentSequenceModel",
     "DeepMarkovModel",
     "StructuredInferenceGuide",
+    "GUIDE_KINDS",
     "VRNN",
     "VRNNGuide",
     "SRNN",

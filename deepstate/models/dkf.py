@@ -20,7 +20,6 @@ Defaults follow the paper and Pyro's ``examples/dmm.py``: z 100, transition 200,
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import pyro.distributions as dist
 import torch

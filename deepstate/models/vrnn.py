@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import pyro.distributions as dist
 import torch
-from torch import nn
 
 from .base import Guide, StateSpaceModel
 from .nn import MLP, cat_broadcast, get_emission, make_rnn, masked_input, positive, rnn_initial, rnn_step, run_rnn
