@@ -35,27 +35,22 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
 
-    from deepstate.data import load_polyphonic, minibatches
+    from jsb_setup import benchmark_model, benchmark_optimizer, jsb_train, loss_normalizer
+
+    from deepstate.data import minibatches
     from deepstate.inference.objectives import get_objective
-    from deepstate.models import build
 
     names = args.objectives.split(",")
     if names[0] != "elbo":
         raise SystemExit("--objectives: the first must be elbo (the reference)")
     torch.manual_seed(args.seed)
-    train = load_polyphonic("jsb_chorales", data_dir=args.data_dir)["train"]
-    hyper = {}
-    if args.model == "dkf":
-        hyper = dict(z_dim=100, transition_dim=200, emission_dim=100, rnn_dim=600)
-        if args.pyro_config:
-            hyper["rnn"] = "rnn"
-    base = build(args.model, 88, "bernoulli", **hyper)
-    n_batches = -(-train.batch_size // args.batch_size)
-    normalizer = train.num_frames / n_batches
+    train = jsb_train(args.data_dir)
+    base = benchmark_model(args.model, args.pyro_config)
+    normalizer = loss_normalizer(train, args.batch_size)
     runs = {}
     for name in names:
         lsm = copy.deepcopy(base)
-        opt = torch.optim.Adam(lsm.parameters(), lr=3e-4, betas=(0.96, 0.999))
+        opt = benchmark_optimizer(lsm.parameters())
         runs[name] = (lsm, opt, get_objective(name, 1 if name == "elbo" else args.num_particles), [])
     print(f"model={args.model} N={args.num_particles} bucket={args.bucket} threads={torch.get_num_threads()}", flush=True)
     for r in range(args.rounds):

@@ -35,8 +35,9 @@ def main(argv=None):
 
     import deepstate.inference.particle as particle
     import deepstate.models.fused as fused
-    from deepstate.data import load_polyphonic, minibatches
-    from deepstate.models import build
+    from jsb_setup import benchmark_model, jsb_train
+
+    from deepstate.data import minibatches
 
     acc = collections.defaultdict(float)
 
@@ -55,8 +56,8 @@ def main(argv=None):
     fused._CombinerRollout.backward = staticmethod(timed("rollout_backward", fused._CombinerRollout.backward))
 
     torch.manual_seed(0)
-    train = load_polyphonic("jsb_chorales", data_dir=args.data_dir)["train"]
-    lsm = build("dkf", 88, "bernoulli", z_dim=100, transition_dim=200, emission_dim=100, rnn_dim=600, rnn="rnn")
+    train = jsb_train(args.data_dir)
+    lsm = benchmark_model("dkf", pyro_config=True)
     lsm.guide_steps.encode = timed("encode", lsm.guide_steps.encode)
     batches = list(minibatches(train, args.batch_size, shuffle=True, seed=0, bucket_by_length=args.bucket))
     N = 1 if args.objective == "elbo" else args.num_particles

@@ -44,22 +44,16 @@ def main(argv=None):
     import pyro
     from pyro.infer import Trace_ELBO
 
-    from deepstate.data import load_polyphonic, minibatches
+    from jsb_setup import benchmark_model, benchmark_optimizer, jsb_train, loss_normalizer
+
+    from deepstate.data import minibatches
     from deepstate.inference.objectives import get_objective
-    from deepstate.models import build
 
     torch.manual_seed(args.seed)
-    data = load_polyphonic("jsb_chorales", data_dir=args.data_dir)
-    train = data["train"]
-    hyper = {}
-    if args.model == "dkf":
-        hyper = dict(z_dim=100, transition_dim=200, emission_dim=100, rnn_dim=600)
-        if args.pyro_config:
-            hyper["rnn"] = "rnn"
-    lsm = build(args.model, 88, "bernoulli", **hyper)
-    opt = torch.optim.Adam(lsm.parameters(), lr=3e-4, betas=(0.96, 0.999))
-    n_batches = -(-train.batch_size // args.batch_size)
-    normalizer = train.num_frames / n_batches  # fixed: frames per batch on average
+    train = jsb_train(args.data_dir)
+    lsm = benchmark_model(args.model, args.pyro_config)
+    opt = benchmark_optimizer(lsm.parameters())
+    normalizer = loss_normalizer(train, args.batch_size)
     if args.objective == "pyro_elbo":
         elbo = Trace_ELBO()
 
