@@ -187,8 +187,9 @@ class Guide(nn.Module):
 
         Returns:
             ``(z [T, N, B, Z], log_q [T, N, B], g_T)`` with ``z_t = loc_t + scale_t eps_t`` exactly as
-            step-by-step :meth:`proposal` / :meth:`update` would give, or ``None`` (the default) when
-            the guide has no such shortcut; the particle path then loops over the steps.
+            step-by-step :meth:`proposal` / :meth:`update` would give. The particle path uses this for
+            guides that override it (and have ``uses_prior = False``); the base implementation is never
+            called there, and guides that keep it are run step by step.
         """
         return None
 
