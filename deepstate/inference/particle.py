@@ -25,6 +25,14 @@ added for them, as in the FIVO and AESMC reference code. The gradient therefore 
 dependence of the resampling distribution on the parameters; it is biased, but the dropped term has
 high variance and the papers found it hurts in practice. Gradients do flow through the log-weights
 and through ``logmeanexp`` at each resampling step, and through the gathered carries.
+
+**How it is computed** (same numbers as the loop above, much less per-step work): the sequential
+pass runs only what the trajectory needs (proposals, draws, carries, resampling) and weighs the
+particles *without gradient* for the resampling decisions; the differentiable increments are then
+one batched evaluation of the model's ``prior``/``likelihood`` over all valid steps. Guides that
+implement :meth:`~deepstate.models.base.Guide.rollout` (the DMM's) draw their whole trajectory in
+one call with a hand-written backward pass, on the batch sorted by length so that sequences that
+have ended are skipped; outputs are returned in the caller's order.
 """
 
 from __future__ import annotations
