@@ -31,6 +31,8 @@ def main(argv=None):
     ap.add_argument("--bucket", action="store_true")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--full-width", action="store_true",
+                    help="A/B: every step processes every sequence (no skipping of ended sequences)")
     args = ap.parse_args(argv)
 
     import deepstate.inference.particle as particle
@@ -54,6 +56,14 @@ def main(argv=None):
     particle._parallel_increments = timed("parallel_weights", particle._parallel_increments)
     fused._CombinerRollout.forward = staticmethod(timed("rollout_forward", fused._CombinerRollout.forward))
     fused._CombinerRollout.backward = staticmethod(timed("rollout_backward", fused._CombinerRollout.backward))
+    if args.full_width:
+        sorted_filter = particle._filter
+
+        def full_width_filter(*a, **k):
+            k["widths"] = None
+            return sorted_filter(*a, **k)
+
+        particle._filter = full_width_filter
 
     torch.manual_seed(0)
     train = jsb_train(args.data_dir)
@@ -70,7 +80,7 @@ def main(argv=None):
             loss = -result.log_z.sum() / 1000.0
             timed("backward", loss.backward)()
         total = time.perf_counter() - t0
-        print(f"{args.objective} N={N} bucket={args.bucket} total={total:.2f}s " + " ".join(f"{k}={v:.2f}s" for k, v in acc.items()))
+        print(f"{args.objective} N={N} bucket={args.bucket} full_width={args.full_width} total={total:.2f}s " + " ".join(f"{k}={v:.2f}s" for k, v in acc.items()))
 
 
 if __name__ == "__main__":

@@ -19,15 +19,13 @@ Defaults follow the paper and Pyro's ``examples/dmm.py``: z 100, transition 200,
 
 from __future__ import annotations
 
-import math
-
 import pyro.distributions as dist
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from .base import Guide, StateSpaceModel
-from .fused import combiner_rollout
+from .fused import combiner_rollout, noise_log_prob
 from .nn import MLP, GatedTransition, cat_broadcast, get_emission, make_rnn, masked_input, positive, run_rnn, shift_right
 
 __all__ = ["DeepMarkovModel", "StructuredInferenceGuide", "GUIDE_KINDS"]
@@ -169,7 +167,7 @@ class StructuredInferenceGuide(Guide):
             loc, raw = self.head(h / K).unsqueeze(1).chunk(2, -1)
             scale = positive(raw, self.min_scale)
             z = loc + scale * eps
-            log_q = _diag_normal_log_prob(eps, scale)
+            log_q = noise_log_prob(eps, scale)
             if on_step is not None:  # no carry to reorder: resampling only concerns the model's carries
                 with torch.no_grad():
                     for t in range(z.shape[0]):
@@ -179,9 +177,4 @@ class StructuredInferenceGuide(Guide):
         c = F.linear(h, w_o, self.head.bias)
         z, scale = combiner_rollout(c, eps, g["z"].expand(eps.shape[1:]), self.z_to_hidden.weight, self.z_to_hidden.bias,
                                     w_o, self.min_scale, on_step, widths)
-        return z, _diag_normal_log_prob(eps, scale), {"z": z[-1]}
-
-
-def _diag_normal_log_prob(eps, scale):
-    """``log N(loc + scale eps; loc, scale)`` summed over the last dim, from the noise (no subtraction)."""
-    return -(0.5 * eps.pow(2) + scale.log()).sum(-1) - 0.5 * math.log(2 * math.pi) * eps.shape[-1]
+        return z, noise_log_prob(eps, scale), {"z": z[-1]}

@@ -28,9 +28,21 @@ from typing import Callable, Optional
 import torch
 from torch.nn import functional as F
 
-__all__ = ["combiner_rollout"]
+__all__ = ["combiner_rollout", "noise_log_prob"]
 
-_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+
+def _noise_term(eps: torch.Tensor) -> torch.Tensor:
+    """``sum(eps^2) / 2 + Z log(2 pi) / 2`` over the last dim: the scale-free part of ``-log q``."""
+    return 0.5 * eps.pow(2).sum(-1) + 0.5 * math.log(2 * math.pi) * eps.shape[-1]
+
+
+def noise_log_prob(eps: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``log N(loc + scale eps; loc, scale)`` summed over the last dim, from the noise (no subtraction).
+
+    Its total derivative in the parameters equals that of the density evaluated at the reparameterised
+    draw, since ``(z - loc) / scale = eps`` whatever they are.
+    """
+    return -(_noise_term(eps) + scale.log().sum(-1))
 
 
 class _CombinerRollout(torch.autograd.Function):
@@ -54,8 +66,8 @@ class _CombinerRollout(torch.autograd.Function):
         eps_rows = eps.transpose(1, 2).reshape(T, M, Z)
         w_zt, w_ot = w_z.t(), w_o.t()
         ancestors = [None] * T
-        if on_step is not None:  # log q(z_t) = -sum(eps^2 / 2 + log scale) - Z log(2 pi) / 2; the eps half at once
-            half_eps_sq = 0.5 * eps.pow(2).sum(-1) + _HALF_LOG_2PI * Z  # [T, N, B]
+        if on_step is not None:  # noise_log_prob step by step, with its noise term for all steps at once
+            noise = _noise_term(eps)  # [T, N, B]
         z = z0.transpose(0, 1).reshape(M, Z)
         for t in range(T):
             m = rows[t]
@@ -69,7 +81,7 @@ class _CombinerRollout(torch.autograd.Function):
             z = torch.addcmul(loc, scale[t, :m], eps_rows[t, :m], out=zs[t, :m])
             if on_step is not None:
                 z_nb = zs[t].view(B, N, Z).transpose(0, 1)  # [N, B, Z]
-                log_q = -half_eps_sq[t] - scale[t].log().sum(-1).view(B, N).t()
+                log_q = -(noise[t] + scale[t].log().sum(-1).view(B, N).t())
                 anc = on_step(t, z_nb, log_q)
                 if anc is not None:  # [N, B]: reorder each sequence's particles
                     ancestors[t] = anc.t()[: m // N].unsqueeze(-1).expand(m // N, N, Z)
