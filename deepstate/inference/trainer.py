@@ -15,15 +15,18 @@ All are optimised with ``torch.optim.Adam`` on the module's parameters (the Pyro
 optional per-epoch exponential learning-rate decay; a checkpoint is therefore plain torch state.
 
 **Loss scale.** Every minibatch loss is ``-(sum of its sequences' bounds) / c`` with a *fixed*
-``c = (frames in the training set) / (batches per epoch)``, so one epoch's summed loss is minus the
-whole training bound per frame and short batches are weighted as the full objective weights them.
+``c = (frames in the training set) / (batches per epoch)``, so the *mean* of one epoch's minibatch
+losses (``history``'s ``train_loss``) is minus the whole training bound per frame (their sum is that
+times the number of batches), and short batches are weighted as the full objective weights them.
 
 **Reproducibility and resume.** Minibatch order is a function of ``(seed, epoch)`` only. A fresh
 run seeds torch, numpy and Python's RNGs with ``seed``; a checkpoint stores the module,
 optimiser, scheduler and annealing state, the position (epoch, step within the epoch, global
 step), early-stopping state, history and every RNG state, so on CPU a run resumed from any
 checkpoint (including one written mid-epoch) ends with bit-for-bit the same parameters as the
-uninterrupted run. Validation draws come from an RNG forked and seeded by ``(seed, epoch)``, so
+uninterrupted run. The same holds for a second :meth:`Trainer.fit` after ``fit(restore_best=True)``:
+the module then holds the best epoch's parameters, but the trainer keeps the last epoch's (the live
+training state, which goes with the optimiser's moments) and continues from those. Validation draws come from an RNG forked and seeded by ``(seed, epoch)``, so
 validating does not perturb training. (On CUDA, kernels may be nondeterministic.)
 
 **Divergence guard.** A non-finite loss, gradient norm or updated parameter rolls the module and
@@ -224,11 +227,17 @@ class Trainer:
         valid_batch_size: sequences per validation pass (default ``batch_size``).
 
     Attributes:
-        history: list of per-epoch dicts (``epoch``, ``train_loss``, ``train_bound``, ``valid_bound``
-            in nats/frame, ``lr``, ``annealing``, ``steps``, ``skipped``, ``seconds``).
+        history: list of per-epoch dicts (``epoch``, ``train_loss`` (the *mean* of the epoch's
+            minibatch losses: minus the training bound per frame, annealed), ``train_bound`` and
+            ``valid_bound`` in nats/frame, ``lr``, ``annealing``, ``steps``, ``skipped``, ``seconds``).
         epoch, step_in_epoch, global_step: the position in training.
         best_valid: best validation bound so far (nats/frame) or ``None``.
+        best_state: the best validation epoch's module ``state_dict`` or ``None``.
         normalizer: the fixed loss normaliser ``frames / batches per epoch``.
+        lsm: the module being trained (the one passed in). After ``fit(restore_best=True)`` it holds
+            the *best* epoch's parameters (:attr:`best_state`); the last epoch's parameters are kept
+            aside and are what :meth:`state_dict` / checkpoints save and what the next :meth:`fit`
+            reloads before it trains on (so edits made to ``lsm`` in between do not carry into training).
 
     Example:
         >>> trainer = Trainer(lsm, objective="elbo", annealing={"start": 0.1, "warmup_steps": 500})  # doctest: +SKIP
@@ -341,6 +350,9 @@ class Trainer:
         self._accum = self._new_accum()
         self._started = False
         self._data_fingerprint = None
+        # the live training parameters while ``lsm`` holds the restored best ones (restore_best): the
+        # optimiser's moments belong to these, so continuing must start from them, not from the best
+        self._live_model_state: Optional[dict] = None
 
     # ------------------------------------------------------------------ small pieces
     @staticmethod
@@ -484,7 +496,7 @@ class Trainer:
             "format": CHECKPOINT_FORMAT,
             "version": 1,
             "config": getattr(self.lsm, "config", None),
-            "model": self.lsm.state_dict(),
+            "model": self._live_model_state if self._live_model_state is not None else self.lsm.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "annealing": None if self.annealing is None else self.annealing.state_dict(),
@@ -523,6 +535,7 @@ class Trainer:
             self.lsm.load_state_dict(state["model"])
         except RuntimeError as err:
             raise ValueError(f"checkpoint: the saved parameters do not fit this model: {err}") from err
+        self._live_model_state = None  # the checkpoint's parameters are the live ones now
         if state["settings"] != self._settings():
             diff = {k: (state["settings"].get(k), v) for k, v in self._settings().items() if state["settings"].get(k) != v}
             warnings.warn(f"Trainer: resuming with settings that differ from the checkpoint's (saved, now): {diff}; "
@@ -589,7 +602,10 @@ class Trainer:
                 a checkpoint is written at the stopping point, and a later ``fit`` continues from it.
             callback: ``callback(trainer, record)`` after every step (``record`` is the step's metrics
                 dict); returning ``True`` stops training (after writing a checkpoint).
-            restore_best: at the end, load the parameters of the best validation epoch.
+            restore_best: at the end, load the parameters of the best validation epoch into :attr:`lsm`.
+                The last epoch's parameters are kept aside: checkpoints save them and a later ``fit``
+                continues from them (with the optimiser state that belongs to them), so the run
+                continues exactly as if it had not been interrupted.
 
         Returns:
             :attr:`history`, a list of per-epoch dicts.
@@ -619,6 +635,9 @@ class Trainer:
         elif not self._started:
             pyro.set_rng_seed(self.seed)
             self._started = True
+        if self._live_model_state is not None:  # a previous fit restored the best epoch: go on from the last
+            self.lsm.load_state_dict(self._live_model_state)
+            self._live_model_state = None
         self._data_fingerprint = fingerprint
         self.normalizer = train.num_frames / n_batches
         self.lsm.train()
@@ -652,6 +671,7 @@ class Trainer:
         if stop and self.checkpoint_path is not None:
             self.save_checkpoint()
         if restore_best and self.best_state is not None:
+            self._live_model_state = {k: v.detach().clone() for k, v in self.lsm.state_dict().items()}
             self.lsm.load_state_dict(self.best_state)
         return self.history
 
