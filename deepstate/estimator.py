@@ -52,7 +52,12 @@ _TRAINER_FIXED = {"self", "lsm", "objective", "num_particles", "lr", "batch_size
 
 
 def _to_batch(data: Any, name: str) -> SequenceBatch:
-    """``data`` as a float64 :class:`SequenceBatch` (see :meth:`Estimator.fit` for accepted kinds)."""
+    """``data`` as a float64 :class:`SequenceBatch` (see :meth:`Estimator.fit` for accepted kinds).
+
+    Float64 so that standardisation and the change-of-variables correction are computed precisely;
+    whoever hands the batch to the model casts it to the model's dtype (the Trainer and
+    :func:`~deepstate.inference.evaluation.evaluate` do; the exact branches do it themselves).
+    """
     import pandas as pd
 
     if isinstance(data, SequenceDataset):
@@ -268,7 +273,8 @@ class Estimator:
             train = _windows(train, int(window), int(stride or window))
         lsm = self._build(train.dim)
         if self.objective == "exact":
-            bounds = lsm.ssm.fit(train.to(device=self.device), num_steps=epochs, progress=progress)
+            # the Kalman filter mixes the batch with the parameters, so the batch takes the model's dtype
+            bounds = lsm.ssm.fit(train.to(device=self.device, dtype=self.dtype), num_steps=epochs, progress=progress)
             self.model_, self.standardizer_, self.input_dim_ = lsm, standardizer, train.dim
             self.history_ = [{"epoch": i, "train_bound": b} for i, b in enumerate(bounds)]
             return self
@@ -319,7 +325,10 @@ class Estimator:
         batch = self._prepare(data, "data")
         if objective == "exact":
             with torch.no_grad():
-                per_seq = self.model_.ssm.log_likelihood(batch.to(device=self.device)).to("cpu", torch.float64)
+                # the batch takes the model's dtype (it is float64 for the standardiser; the model may be float32)
+                model_dtype = next(self.model_.parameters()).dtype
+                per_seq = self.model_.ssm.log_likelihood(batch.to(device=self.device, dtype=model_dtype))
+                per_seq = per_seq.to("cpu", torch.float64)
             frames = int(batch.valid.sum())
             res = {"per_sequence": per_seq, "total": float(per_seq.sum()), "frames": frames,
                    "nats_per_frame": float(per_seq.sum()) / frames, "objective": "exact", "num_particles": 0}
