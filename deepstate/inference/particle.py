@@ -31,8 +31,9 @@ pass runs only what the trajectory needs (proposals, draws, carries, resampling)
 particles *without gradient* for the resampling decisions; the differentiable increments are then
 one batched evaluation of the model's ``prior``/``likelihood`` over all valid steps. Guides that
 implement :meth:`~deepstate.models.base.Guide.rollout` (the DMM's) draw their whole trajectory in
-one call with a hand-written backward pass, on the batch sorted by length so that sequences that
-have ended are skipped; outputs are returned in the caller's order.
+one call with a hand-written backward pass, on the batch sorted by length and trimmed to its longest
+sequence so that sequences that have ended are skipped; outputs are returned in the caller's order
+and at the caller's length.
 """
 
 from __future__ import annotations
@@ -63,8 +64,12 @@ class ParticleFilterResult:
         frames: ``[B]`` number of valid steps per sequence.
         num_resamples: ``[B]`` how many times each sequence's particles were resampled.
         log_weights: ``[N, B]`` log-weights accumulated since the last resampling step.
-        increments: ``[N, B, T]`` per-step log-weight increments (only with ``record=True``).
-        ess: ``[B, T]`` effective sample size before each resampling decision (``record=True``).
+        increments: ``[N, B, T]`` per-step log-weight increments (only with ``record=True``); 0 on
+            padded steps.
+        ess: ``[B, T]`` effective sample size of the log-weights after step ``t``'s increment, i.e.
+            before the resampling decision after step ``t`` (only with ``record=True``, for every
+            policy including ``"never"``). At a sequence's last step it is the ESS of its final
+            weights; on padded steps it is ``N`` (a fill: no weights exist there).
         state: the filter's state after the last step (carries ``s``, ``g`` and log-weights ``lw``),
             to continue on the next chunk of the same sequences (truncated BPTT, streaming). The carries
             of sequences that ended before the chunk's last step are unspecified (they never continue).
@@ -155,11 +160,15 @@ def particle_filter(
             return _filter(lsm, batch, num_particles, resample, RESAMPLERS[scheme], ess_threshold, sampler, uniforms,
                            record, initial_state)
         # the guide draws whole trajectories; with the batch sorted by decreasing length, the sequences
-        # still running at step t are a prefix, and steps skip the ones that have ended
+        # still running at step t are a prefix, and steps skip the ones that have ended. Steps where no
+        # sequence runs (a padded tail, from pad_to or concat_batches) would have width 0, which the
+        # model's distributions cannot take: they are trimmed, whether or not the batch needed sorting
+        T_in = batch.valid.shape[1]
         order = torch.argsort(batch.lengths, descending=True, stable=True)
         permuted = not bool((order == torch.arange(len(order), device=order.device)).all())
+        if permuted or int(batch.lengths.max()) < T_in:
+            batch = batch[order]  # sorts and trims T to the longest sequence
         if permuted:
-            batch = batch[order]
             uniforms = None if uniforms is None else uniforms[:, :, order.to(uniforms.device)]
             initial_state = None if initial_state is None else _permute_state(initial_state, order)
         running = batch.valid.sum(0)  # [T]
@@ -167,7 +176,7 @@ def particle_filter(
         widths = running.tolist() if bool((prefix == batch.valid).all()) else None
         result = _filter(lsm, batch, num_particles, resample, RESAMPLERS[scheme], ess_threshold, None, uniforms, record,
                          initial_state, fused=True, widths=widths)
-        return _unpermute(result, order) if permuted else result
+        return _caller_layout(result, order if permuted else None, T_in, num_particles)
 
 
 def _permute_state(state: dict, order: torch.Tensor) -> dict:
@@ -179,16 +188,25 @@ def _permute_state(state: dict, order: torch.Tensor) -> dict:
     }
 
 
-def _unpermute(result: ParticleFilterResult, order: torch.Tensor) -> ParticleFilterResult:
-    """Undo a reordering of the batch's sequences in every output of :func:`particle_filter`."""
+def _caller_layout(result: ParticleFilterResult, order: Optional[torch.Tensor], T: int, N: int) -> ParticleFilterResult:
+    """Undo the fused path's sorting (``order``, or ``None`` if it kept the order) and trimming to fewer
+    than ``T`` steps in every output of :func:`particle_filter`: the recorded ``[.., B, T']`` outputs are
+    padded back to ``T`` steps (increments 0, ESS ``N``: the fills of padded steps)."""
+    increments, ess = result.increments, result.ess
+    if increments is not None and increments.shape[-1] < T:
+        increments = torch.nn.functional.pad(increments, (0, T - increments.shape[-1]))
+    if ess is not None and ess.shape[-1] < T:
+        ess = torch.nn.functional.pad(ess, (0, T - ess.shape[-1]), value=float(N))
+    if order is None:
+        return dataclasses.replace(result, increments=increments, ess=ess)
     inv = torch.argsort(order)
     return ParticleFilterResult(
         log_z=result.log_z[inv],
         frames=result.frames[inv],
         num_resamples=result.num_resamples[inv],
         log_weights=result.log_weights[:, inv],
-        increments=None if result.increments is None else result.increments[:, inv],
-        ess=None if result.ess is None else result.ess[inv],
+        increments=None if increments is None else increments[:, inv],
+        ess=None if ess is None else ess[inv],
         state=_permute_state(result.state, inv),
     )
 
@@ -239,9 +257,29 @@ def _filter(lsm, batch, N, resample, resampler, ess_threshold, sampler, uniforms
         num_resamples=decisions.resets.sum(0),
         log_weights=lw,
         increments=inc.permute(1, 2, 0) if record else None,
-        ess=torch.stack(decisions.ess, -1) if record and decisions.ess else None,
+        ess=_recorded_ess(inc, decisions.resets, lw0, batch.valid) if record else None,
         state={"s": s, "g": g, "lw": lw},
     )
+
+
+@torch.no_grad()
+def _recorded_ess(inc: torch.Tensor, resets: torch.Tensor, lw0: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """``[B, T]`` ESS of the log-weights after each step, from the increments ``[T, N, B]``, the resampling
+    flags ``[T, B]`` and the starting log-weights ``lw0 [N, B]``; ``N`` on padded steps.
+
+    Rebuilt from the increments rather than taken from the in-loop weights: the loop only weighs the
+    steps it decides after (not the last one) and, on the fused path, only the sequences that go on,
+    so a sequence's ESS at its last step would be missing or stale there.
+    """
+    T, N, B = inc.shape
+    lw = lw0.detach()
+    out = []
+    for t in range(T):
+        lw = lw + inc[t].detach()
+        out.append(effective_sample_size(lw))
+        lw = lw.masked_fill(resets[t], 0.0)  # resampling after step t resets the weights
+    ess = torch.stack(out, -1) if out else lw.new_zeros(B, 0)
+    return ess.masked_fill(~valid, float(N))
 
 
 def _fused_trajectory(lsm, batch, cs, e, s, g, decisions, weigh, widths):
@@ -348,7 +386,6 @@ class _ResamplingDecisions:
         self.obs = batch.observed.to(batch.x.dtype)
         self.resets = torch.zeros(T, B, dtype=torch.bool, device=lw0.device)  # resampled after step t
         self.ancestors = [None] * T
-        self.ess = []
         self.identity = torch.arange(N, device=lw0.device)[:, None].expand(N, B)
 
     @torch.no_grad()
@@ -364,10 +401,9 @@ class _ResamplingDecisions:
         log_lik = (ssm.likelihood(s, z, c_t).log_prob(batch.x[:w, t]) * self.obs[:w, t]).sum(-1)
         self.lw[:, :w] += (p.log_prob(z) - log_q + log_lik) * self.valid[:w, t]
         weights = torch.softmax(self.lw, 0)  # shared by the ESS and the resampler
-        ess = effective_sample_size(self.lw, weights)
-        self.ess.append(ess)
         flag = batch.valid[:w, t + 1]  # never after a sequence's last step
         if self.resample == "ess":
+            ess = effective_sample_size(self.lw, weights)
             flag = flag & (ess[:w] < self.ess_threshold * self.lw.shape[0])
         if not bool(flag.any()):
             return None
