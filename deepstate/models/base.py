@@ -316,20 +316,9 @@ class LatentSequenceModel(nn.Module):
                 torch.random.set_rng_state(state)
 
     def _sample(self, S, T, u, mean_emission):
-        ssm = self.ssm
-        ref = next(self.parameters(), torch.zeros(()))
-        f = ssm.feature_initial((S,))
-        s = ssm.initial((S,))
-        x_prev = torch.zeros(S, ssm.x_dim, dtype=ref.dtype, device=ref.device)
-        obs_prev = torch.zeros(S, ssm.x_dim, dtype=torch.bool, device=ref.device)
-        zs, xs = [], []
-        for t in range(T):
-            f, c_t = ssm.feature_step(f, x_prev, obs_prev, None if u is None else u[:, t])
-            z = ssm.prior(s, c_t).sample()
-            lik = ssm.likelihood(s, z, c_t)
-            x = lik.sample()
-            zs.append(z)
-            xs.append(lik.mean if mean_emission else x)
-            s = ssm.update(s, z, x, c_t)
-            x_prev, obs_prev = x, torch.ones_like(obs_prev)
-        return torch.stack(zs, -2), torch.stack(xs, -2)
+        # the one forward simulation (forecasting and checks use it too), started from `initial`;
+        # the S draws are S sequences of one particle each, so per-draw covariates u [S, T, U] fit
+        from .rollout import RolloutState, rollout
+
+        res = rollout(self.ssm, RolloutState.prior(self.ssm, 1, S), T, u=u)
+        return res.z[0], (res.mean if mean_emission else res.x)[0]
