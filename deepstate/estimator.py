@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import os
-from typing import Any, Optional, Union
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -33,6 +33,7 @@ import torch
 from . import __version__
 from .data import SequenceBatch, SequenceDataset, Standardizer, concat_batches, from_numpy, from_pandas
 from .data.loader import sliding_windows
+from .forecasting import Forecast, LatentTrajectories, check_levels, forecast, latent_trajectories, one_step_ahead
 from .inference.checkpoint import atomic_save, load_checkpoint
 from .inference.evaluation import EVAL_OBJECTIVES, evaluate
 from .inference.trainer import TRAINING_OBJECTIVES, Trainer, resolve_device
@@ -80,6 +81,17 @@ def _to_batch(data: Any, name: str) -> SequenceBatch:
         f"{name}: expected a SequenceBatch, a list of [T_b, D] arrays, a numpy array / torch tensor "
         f"([T], [T, D] or [B, T, D]) or a pandas DataFrame/Series, got {type(data).__name__}"
     )
+
+
+def _dim_names(data: Any) -> Optional[list]:
+    """Column names of a DataFrame (a Series' name), else None."""
+    import pandas as pd
+
+    if isinstance(data, pd.DataFrame):
+        return [str(c) for c in data.columns]
+    if isinstance(data, pd.Series) and data.name is not None:
+        return [str(data.name)]
+    return None
 
 
 def _windows(batch: SequenceBatch, window: int, stride: int) -> SequenceBatch:
@@ -299,8 +311,18 @@ class Estimator:
         max_elements: int = 100_000,
         seed: Optional[int] = None,
         return_dict: bool = False,
+        history: Any = None,
     ) -> Union[float, dict]:
         """A bound on ``log p(data)`` in nats per frame, on the original scale (see the module docstring).
+
+        Without ``history`` each sequence of ``data`` is scored **as a fresh sequence**, from the
+        model's initial state. With ``history`` (one history per sequence of ``data``, which follows
+        it), the score is the **conditional predictive log-likelihood** ``log p(data | history)``
+        (:func:`deepstate.forecasting.one_step_ahead`): the history is filtered first and ``data`` is
+        scored step by step from there -- the honest held-out score of a forecaster. It is then
+        exact for ``objective="exact"``, and otherwise a particle estimate (``num_particles``; the
+        guide's filter through the history, a bootstrap filter over ``data``) whatever the particle
+        objective named. The dict's ``"kind"`` says which (``"fresh"`` or ``"conditional"``).
 
         Args:
             data: sequences (same kinds as :meth:`fit`).
@@ -312,6 +334,7 @@ class Estimator:
             return_dict: return the full :func:`~deepstate.inference.evaluation.evaluate` dict
                 (``nats_per_frame``, ``total``, ``frames``, ``per_sequence [B]``, all on the original
                 scale) instead of the float.
+            history: optional histories that ``data`` continues (same kinds as ``data``).
         """
         self._require_fitted()
         if objective not in EVAL_OBJECTIVES + ("exact",):
@@ -323,7 +346,21 @@ class Estimator:
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
             raise TypeError(f"seed: expected an int or None, got {type(seed).__name__}")
         batch = self._prepare(data, "data")
-        if objective == "exact":
+        if history is not None:
+            hist = self._prepare(history, "history")
+            if hist.batch_size != batch.batch_size:
+                raise ValueError(f"history: expected one history per sequence of data ({batch.batch_size}), "
+                                 f"got {hist.batch_size}")
+            model_dtype = next(self.model_.parameters()).dtype
+            osa = one_step_ahead(self.model_, hist.to(dtype=model_dtype), batch.to(dtype=model_dtype),
+                                 num_particles=int(N), method="exact" if objective == "exact" else "particles",
+                                 seed=self.seed if seed is None else int(seed))
+            per_seq = osa.total.to("cpu", torch.float64)
+            frames = int(batch.valid.sum())
+            res = {"per_sequence": per_seq, "total": float(per_seq.sum()), "frames": frames,
+                   "nats_per_frame": float(per_seq.sum()) / frames, "objective": objective, "num_particles": int(N),
+                   "per_step": osa.log_predictive.to("cpu", torch.float64)}
+        elif objective == "exact":
             with torch.no_grad():
                 # the batch takes the model's dtype (it is float64 for the standardiser; the model may be float32)
                 model_dtype = next(self.model_.parameters()).dtype
@@ -341,7 +378,65 @@ class Estimator:
             res["per_sequence"] = res["per_sequence"] - correction
             res["total"] = float(res["per_sequence"].sum())
             res["nats_per_frame"] = res["total"] / res["frames"]
+            if "per_step" in res:
+                res["per_step"] = res["per_step"] - (batch.observed.cpu().to(torch.float64) * log_std).sum(-1)
+        res["kind"] = "fresh" if history is None else "conditional"
         return res if return_dict else float(res["nats_per_frame"])
+
+    # ------------------------------------------------------------------ forecasting
+    def forecast(
+        self,
+        history: Any,
+        horizon: int,
+        num_samples: int = 500,
+        levels: Sequence[float] = (0.1, 0.5, 0.9),
+        covariates: Any = None,
+        num_particles: int = 200,
+        method: str = "auto",
+        seed: Optional[int] = None,
+    ) -> Forecast:
+        """Forecast ``horizon`` steps beyond the end of each history, on the original scale.
+
+        The state at the end of each history comes from the particle filter (``num_particles``), or
+        from the Kalman filter for ``lgssm``/``deepstate`` (``method="auto"`` or ``"exact"``); the model
+        is then rolled forward feeding back sampled values (see :mod:`deepstate.forecasting`).
+
+        Args:
+            history: one or more series (same kinds as :meth:`fit`); a pandas input's index is
+                continued in :attr:`Forecast.index`.
+            horizon: ``H >= 1`` steps.
+            num_samples: ``S`` sample paths.
+            levels: default quantile levels of :meth:`Forecast.to_frame` (each in (0, 1)).
+            covariates: known future covariates ``[B, H, U]``, required exactly when the model uses them.
+            num_particles: particles of the filter through the history.
+            method: ``"auto"``, ``"particles"`` or ``"exact"``.
+            seed: seed of the draws (default: the estimator's ``seed``).
+
+        Returns:
+            a :class:`~deepstate.forecasting.Forecast`: ``samples [S, B, H, D]``, ``mean``,
+            ``quantiles(levels)``, ``interval(level)``, ``to_frame()``, ``plot()``.
+        """
+        self._require_fitted()
+        levels = check_levels(levels)
+        batch = self._prepare(history, "history")
+        min_len = int(batch.lengths.min())
+        if min_len < 1:
+            raise ValueError("history: every series needs at least one step")
+        fc = forecast(self.model_, batch, horizon, num_samples=num_samples, num_particles=num_particles,
+                      covariates=covariates, method=method, standardizer=self.standardizer_,
+                      seed=self.seed if seed is None else int(seed))
+        fc.names = _dim_names(history)
+        fc.levels = levels
+        return fc
+
+    def latent_trajectories(self, data: Any, kind: str = "smoothed", num_particles: int = 500, level: float = 0.9,
+                            method: str = "auto", seed: Optional[int] = None) -> LatentTrajectories:
+        """Filtered (``kind="filtered"``) or smoothed latent states with a ``level`` band; see
+        :func:`deepstate.forecasting.latent_trajectories`."""
+        self._require_fitted()
+        batch = self._prepare(data, "data")
+        return latent_trajectories(self.model_, batch, kind=kind, num_particles=num_particles, level=level,
+                                   method=method, seed=self.seed if seed is None else int(seed))
 
     # ------------------------------------------------------------------ generation
     def sample(self, num_sequences: int, length: int, seed: Optional[int] = None, return_latents: bool = False):

@@ -11,6 +11,7 @@
 
 from .filtering import FilteredState, feature_state, filter_history
 from .forecast import FORECAST_METHODS, Forecast, check_levels, forecast
+from .latent import LatentTrajectories, latent_trajectories
 from .predictive import OneStepAhead, join_histories, one_step_ahead, predictive_log_likelihood
 
 __all__ = [
@@ -21,6 +22,8 @@ __all__ = [
     "FilteredState",
     "filter_history",
     "feature_state",
+    "LatentTrajectories",
+    "latent_trajectories",
     "OneStepAhead",
     "one_step_ahead",
     "predictive_log_likelihood",

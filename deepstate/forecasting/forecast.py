@@ -70,6 +70,7 @@ class Forecast:
         history_index: optional list of ``B`` indices of the histories.
         names: optional list of ``D`` dimension (column) names.
         method: ``"particles"`` or ``"exact"``.
+        levels: the default quantile levels of :meth:`to_frame`.
     """
 
     samples: Optional[np.ndarray]
@@ -80,6 +81,7 @@ class Forecast:
     history_index: Optional[list] = None
     names: Optional[list] = None
     method: str = "particles"
+    levels: tuple = (0.1, 0.5, 0.9)
 
     @property
     def is_gaussian(self) -> bool:
@@ -118,7 +120,7 @@ class Forecast:
         q = self.quantiles([(1 - level) / 2, (1 + level) / 2])
         return q[0], q[1]
 
-    def to_frame(self, levels: Sequence[float] = (0.1, 0.5, 0.9), series: int = 0):
+    def to_frame(self, levels: Optional[Sequence[float]] = None, series: int = 0):
         """One series' forecast as a ``pandas.DataFrame`` indexed by the continued time index.
 
         Columns: ``mean`` and ``q0.1``, ``q0.5``, ... (the predictive quantile at that level) for a
@@ -126,7 +128,7 @@ class Forecast:
         """
         import pandas as pd
 
-        levels = check_levels(levels)
+        levels = check_levels(self.levels if levels is None else levels)
         B, H, D = self.shape
         if isinstance(series, bool) or not isinstance(series, (int, np.integer)) or not 0 <= series < B:
             raise ValueError(f"series: expected an int in [0, {B}), got {series!r}")
