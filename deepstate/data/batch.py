@@ -56,6 +56,10 @@ class SequenceBatch:
         index: optional list of ``B`` per-sequence time indices (e.g. ``pandas.Index``) of length
             ``lengths[b]``, kept so forecasts can continue them.
         names: optional list of ``B`` sequence identifiers.
+        offset: optional ``[B]`` int64, the absolute position (0-based step number in the original
+            series) of each sequence's first step; ``None`` means 0. Chunks and windows cut from a
+            longer series set it, so that models whose features depend on the position (the
+            DeepState model's season) see the true phase.
 
     Build one with :meth:`from_sequences` (list of ``[T_b, D]`` arrays), or the constructors in
     :mod:`deepstate.data` (numpy arrays, pandas frames).
@@ -68,6 +72,7 @@ class SequenceBatch:
     u: Optional[torch.Tensor] = None
     index: Optional[list] = None
     names: Optional[list] = None
+    offset: Optional[torch.Tensor] = None
 
     def __post_init__(self):
         if not isinstance(self.x, torch.Tensor) or self.x.dim() != 3:
@@ -89,6 +94,9 @@ class SequenceBatch:
             raise ValueError(f"index: expected {B} per-sequence indices, got {len(self.index)}")
         if self.names is not None and len(self.names) != B:
             raise ValueError(f"names: expected {B} names, got {len(self.names)}")
+        if self.offset is not None and (not isinstance(self.offset, torch.Tensor) or self.offset.shape != (B,)
+                                        or self.offset.is_floating_point()):
+            raise ValueError(f"offset: expected an int64 tensor of shape {(B,)}, got {getattr(self.offset, 'shape', self.offset)}")
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -230,6 +238,7 @@ class SequenceBatch:
             observed=fn(self.observed),
             lengths=fn(self.lengths),
             u=None if self.u is None else fn(self.u),
+            offset=None if self.offset is None else fn(self.offset),
             **changes,
         )
 

@@ -149,6 +149,8 @@ def time_slice(batch: SequenceBatch, t0: int, t1: int) -> Tuple[Optional[Sequenc
             None if batch.index[r] is None else batch.index[r][t0 : t0 + int(L)] for r, L in zip(rows_list, lengths.tolist())
         ],
         names=None if batch.names is None else [batch.names[r] for r in rows_list],
+        # absolute position of the chunk's first step, for position-dependent features (seasons)
+        offset=(t0 if batch.offset is None else batch.offset[rows] + t0) + torch.zeros_like(lengths),
     )
     return chunk, rows
 

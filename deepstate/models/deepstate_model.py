@@ -28,7 +28,7 @@ from torch import nn
 import pyro.distributions as dist
 
 from ..data import SequenceBatch
-from ..inference.kalman import KalmanResult, kalman_filter, rts_smoother
+from ..kalman import KalmanResult, kalman_filter, rts_smoother
 from .base import StateSpaceModel
 from .lgssm import ExactLikelihoodFitMixin
 from .nn import MLP, make_rnn, positive, rnn_initial, rnn_step, run_rnn
@@ -105,20 +105,46 @@ class DeepStateModel(ExactLikelihoodFitMixin, StateSpaceModel):
         return {"q": q + self.min_variance, "a": a, "obs_scale": obs_scale, "obs_offset": obs_offset}
 
     def features(self, batch: SequenceBatch):
+        """Per-step parameters ``c`` (see the class docstring) for a whole batch, in parallel.
+
+        The season of step ``t`` of sequence ``b`` is ``(batch.offset[b] + t) % S``: its absolute
+        position in the original series (``offset`` is ``None``, i.e. 0, for whole series; truncated-
+        BPTT chunks and windows set it), so a chunk or a window sees the same phase as the whole.
+        """
         B, T = batch.valid.shape
         season = None
         if self.season_length:
-            season = self._season_onehot(torch.arange(T, device=batch.x.device)).expand(B, T, -1)
+            t = torch.arange(T, device=batch.x.device).expand(B, T)
+            if batch.offset is not None:
+                t = t + batch.offset.to(batch.x.device)[:, None]
+            season = self._season_onehot(t)
         inp = self._rnn_input(batch.u, season, (B, T))
         h = run_rnn(self.rnn, inp, batch.lengths, "forward")
         return self._params(h, season)
 
-    def feature_initial(self, batch_shape):
+    def feature_initial(self, batch_shape, start=0):
+        """State of the step-by-step feature recursion: the RNN state and ``"t"``, the absolute
+        position (0-based) of the next step, which sets its season ``t % S``.
+
+        Args:
+            batch_shape: leading shape of the carries.
+            start: absolute position of the first step that :meth:`feature_step` will produce: an
+                int or an int64 tensor broadcastable to ``batch_shape`` (default 0, the start of the
+                series). To continue the features of a history of ``T`` steps, either run
+                :meth:`feature_step` through the history from ``start=0`` (``"t"`` counts the steps,
+                and the RNN state is the history's), or set ``start = T`` (or ``offset + T`` for a
+                chunk) when only the phase matters. ``f["t"]`` may also be assigned directly.
+        """
         f = rnn_initial(self.rnn, batch_shape, self.m0)
-        f["t"] = torch.zeros(batch_shape, dtype=torch.long, device=self.m0.device)
+        start = torch.as_tensor(start, dtype=torch.long, device=self.m0.device)
+        if start.is_floating_point() or start.dtype == torch.bool:
+            raise ValueError(f"start: expected an int or an integer tensor, got dtype {start.dtype}")
+        f["t"] = start.expand(batch_shape).clone()
         return f
 
     def feature_step(self, f, x_prev, observed_prev, u_t=None):
+        """One step of :meth:`features`: the step at absolute position ``f["t"]``; returns ``(f', c_t)``
+        with ``f'["t"] = f["t"] + 1``."""
         season = self._season_onehot(f["t"]) if self.season_length else None
         inp = self._rnn_input(u_t, season, f["t"].shape)
         state = rnn_step(self.rnn, inp, {k: v for k, v in f.items() if k != "t"})

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from ..data import SequenceBatch
-from ..inference.kalman import KalmanResult, SmootherResult, kalman_filter, rts_smoother
+from ..kalman import KalmanResult, SmootherResult, kalman_filter, rts_smoother
 from .base import Guide, LatentSequenceModel, StateSpaceModel
 
 __all__ = [
@@ -272,17 +272,37 @@ class ExactPosteriorGuide(Guide):
         object.__setattr__(self, "_ssm", ssm)
 
     def encode(self, batch, c):
+        r"""Gains, offsets and Cholesky factors of ``p(z_t | z_{t-1}, x_{1:T})`` for every step.
+
+        The conditional covariance is the Schur complement read off the Cholesky factor of the joint
+        ``2Z x 2Z`` smoothed covariance of ``(z_{t-1}, z_t)``:
+
+        .. math::
+
+            \begin{pmatrix} P_{t-1} & P_{t,t-1}^T \\ P_{t,t-1} & P_t \end{pmatrix}
+            = L L^T, \quad L = \begin{pmatrix} L_{11} & 0 \\ L_{21} & L_{22} \end{pmatrix}
+            \;\Rightarrow\; G_t = L_{21} L_{11}^{-1}, \quad P_t - G_t P_{t,t-1}^T = L_{22} L_{22}^T,
+
+        so ``L_22`` is the proposal's ``scale_tril`` without forming the difference
+        ``P_t - G_t P_{t,t-1}^T``, which cancels to a non-positive-definite matrix in float32 when
+        ``z_t`` is nearly determined by ``z_{t-1}``. At ``t = 1`` and on padded steps (where the
+        filter holds the state, so the joint is singular) the gain is 0 and the proposal is the
+        marginal ``N(m_t, P_t)``.
+        """
         sm = self._ssm.smooth(batch)
         m, P, X = sm.mean, sm.cov, sm.cross_cov  # X[t] = Cov(z_t, z_{t-1})
-        G = torch.zeros_like(P)
-        # G_t = X_t P_{t-1}^{-1}  =>  G_t^T = P_{t-1}^{-1} X_t^T
-        L_prev = torch.linalg.cholesky(P[:, :-1])
-        G[:, 1:] = torch.cholesky_solve(X[:, 1:].transpose(-1, -2), L_prev).transpose(-1, -2)
-        cov = P - G @ X.transpose(-1, -2)
-        cov = 0.5 * (cov + cov.transpose(-1, -2))
-        offset = m.clone()
-        offset[:, 1:] = m[:, 1:] - (G[:, 1:] @ m[:, :-1, :, None])[..., 0]
-        return {"gain": G, "offset": offset, "scale_tril": torch.linalg.cholesky(cov)}
+        B, T, Z = m.shape
+        linked = batch.valid.clone()
+        linked[:, 0] = False  # no z_{t-1} at t = 1
+        X = torch.where(linked[..., None, None], X, torch.zeros((), dtype=X.dtype, device=X.device))
+        P_prev = torch.cat([P[:, :1], P[:, :-1]], 1)
+        joint = torch.cat([torch.cat([P_prev, X.transpose(-1, -2)], -1), torch.cat([X, P], -1)], -2)
+        L = torch.linalg.cholesky(joint)  # [B, T, 2Z, 2Z]
+        L11, L21, L22 = L[..., :Z, :Z], L[..., Z:, :Z], L[..., Z:, Z:]
+        G = torch.linalg.solve_triangular(L11, L21, upper=False, left=False)  # G L11 = L21
+        m_prev = torch.cat([m[:, :1], m[:, :-1]], 1)
+        offset = m - (G @ m_prev[..., None])[..., 0]
+        return {"gain": G, "offset": offset, "scale_tril": L22}
 
     def proposal(self, g, s, e, c, p):
         # s["z"] is z_{t-1} (zero at t = 1, where the gain is zero)

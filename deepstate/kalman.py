@@ -1,0 +1,466 @@
+r"""Exact inference for linear-Gaussian state-space models: a batched, masked Kalman filter (parallel
+scan or sequential) and the Rauch–Tung–Striebel smoother, in torch (differentiable, any float dtype).
+
+It lives at the package top level because both :mod:`deepstate.models` (the LGSSM and the
+DeepState-style model compute their exact likelihood with it) and the layers above (inference,
+forecasting) use it; :mod:`deepstate.inference.kalman` re-exports it.
+
+The model (time-varying matrices allowed, per sequence)::
+
+    z_1 ~ N(m0, P0)
+    z_t = A_t z_{t-1} + b_t + w_t,   w_t ~ N(0, Q_t)          t > 1
+    x_t = C_t z_t + d_t + v_t,       v_t ~ N(0, R_t)
+
+Every matrix argument is either shared (``A [Z, Z]``) or per sequence and step (``A [B, T, Z, Z]``);
+vectors likewise (``b [Z]`` or ``[B, T, Z]``). ``R_t`` is diagonal (given as variances ``r [D]`` /
+``[B, T, D]``) or a full covariance (``[D, D]`` / ``[B, T, D, D]``).
+
+Missing values: the marginal of the observed sub-vector ``x_o`` of a Gaussian has the observed
+block of its covariance, so a step with missing dimensions is filtered with the missing rows of
+``C`` zeroed, the residual zeroed there, and the missing rows/columns of ``R`` replaced by those of
+the identity (cross terms with observed dimensions zeroed). The missing dimensions then have an
+innovation independent of the observed ones, with unit variance, zero residual and zero gain:
+they change neither the update nor the log-determinant, and their ``-0.5 log 2 pi`` constant is
+not counted. This is exact for a diagonal and for a full ``R``.
+
+Padded steps (``valid = False``) keep the previous moments: no prediction is made there, so
+padding changes no number (a transition with ``|eig(A)| > 1`` cannot overflow over a long stretch
+of padding) and contributes 0 to the log-likelihood. At a padded step the predicted and filtered
+moments both equal the last filtered moments.
+
+Two algorithms give the same filtered moments:
+
+* ``"parallel"``: the associative scan of Särkkä & García-Fernández (2021), "Temporal
+  parallelization of Bayesian smoothers", IEEE TAC 66(1): every step is an element
+  ``(A, b, C, eta, J)`` (``p(z_t | z_{t-1}, x_t) = N(A z_{t-1} + b, C)`` and the likelihood of
+  ``x_t`` as an information-form function of ``z_{t-1}``), combined in ``O(log T)`` rounds of
+  batched operations. Far fewer (bigger) torch operations than a Python loop over ``T``.
+* ``"sequential"``: the textbook filter, one step at a time, with the Joseph-form update.
+
+Everything else (predicted moments, innovations, the log-likelihood and the observation predictive
+moments) is computed in parallel over all steps from the filtered moments.
+
+References: Kalman (1960); Rauch, Tung & Striebel (1965); Durbin & Koopman, *Time Series Analysis
+by State Space Methods* (2012), ch. 4 (the same conventions as ``statsmodels``' state-space models
+with ``initialization='known'``); Särkkä & García-Fernández (2021).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Optional, Tuple
+
+import torch
+
+__all__ = ["KalmanResult", "SmootherResult", "kalman_filter", "rts_smoother"]
+
+_LOG_2PI = math.log(2 * math.pi)
+METHODS = ("auto", "parallel", "sequential")
+
+
+@dataclasses.dataclass
+class KalmanResult:
+    """Output of :func:`kalman_filter`.
+
+    Attributes:
+        log_likelihood: ``[B]`` exact ``log p(x_{1:T})`` over observed values, in nats.
+        step_log_likelihood: ``[B, T]`` one-step-ahead ``log p(x_t | x_{1:t-1})`` over the observed
+            dims of step ``t`` (0 when nothing is observed and on padded steps).
+        predicted_mean, predicted_cov: ``[B, T, Z]``, ``[B, T, Z, Z]``: ``p(z_t | x_{1:t-1})``.
+        filtered_mean, filtered_cov: ``[B, T, Z]``, ``[B, T, Z, Z]``: ``p(z_t | x_{1:t})``.
+        predicted_obs_mean: ``[B, T, D]``: ``E[x_t | x_{1:t-1}] = C_t m^p_t + d_t`` for every dim,
+            observed or not (the full ``C_t``).
+        predicted_obs_cov: ``[B, T, D, D]``: ``Cov(x_t | x_{1:t-1}) = C_t P^p_t C_t^T + R_t``.
+            Append ``H`` fully-missing (valid, unobserved) steps to a history and these are the
+            exact Gaussian ``h``-step-ahead forecasts of ``x`` at those steps (their marginals).
+        A: ``[B, T, Z, Z]`` the transition into each step as used (identity on padded steps and
+            at ``t = 0``, where it is unused); needed by the smoother.
+        Q: ``[B, T, Z, Z]`` the transition noise into each step as used (zero on padded steps).
+    """
+
+    log_likelihood: torch.Tensor
+    step_log_likelihood: torch.Tensor
+    predicted_mean: torch.Tensor
+    predicted_cov: torch.Tensor
+    filtered_mean: torch.Tensor
+    filtered_cov: torch.Tensor
+    predicted_obs_mean: torch.Tensor
+    predicted_obs_cov: torch.Tensor
+    A: torch.Tensor
+    Q: torch.Tensor
+    valid: Optional[torch.Tensor] = None
+
+
+@dataclasses.dataclass
+class SmootherResult:
+    """Output of :func:`rts_smoother`.
+
+    Attributes:
+        mean, cov: ``[B, T, Z]``, ``[B, T, Z, Z]``: ``p(z_t | x_{1:T})``.
+        cross_cov: ``[B, T, Z, Z]``: ``Cov(z_t, z_{t-1} | x_{1:T})`` (entry 0 is zero).
+    """
+
+    mean: torch.Tensor
+    cov: torch.Tensor
+    cross_cov: torch.Tensor
+
+
+def _sym(P):
+    return 0.5 * (P + P.transpose(-1, -2))
+
+
+def _mT(M):
+    return M.transpose(-1, -2)
+
+
+def _mv(M, v):
+    return (M @ v[..., None])[..., 0]
+
+
+def _solve(M: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+    """``M^{-1} rhs`` for a batch of small well-conditioned matrices ``M [..., Z, Z]``.
+
+    For ``Z <= 2`` the closed form (adjugate over determinant) is several times faster than
+    LAPACK's batched solve, which pays a call per matrix.
+    """
+    Z = M.shape[-1]
+    if Z == 1:
+        return rhs / M
+    if Z == 2:
+        a, b, c, d = M[..., 0, 0], M[..., 0, 1], M[..., 1, 0], M[..., 1, 1]
+        adj = torch.stack([d, -b, -c, a], -1).reshape(*M.shape)
+        return (adj @ rhs) / (a * d - b * c)[..., None, None]
+    return torch.linalg.solve(M, rhs)
+
+
+def _spd_inverse_and_logdet(S: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(S^{-1}, log det S)`` for symmetric positive-definite ``S [..., D, D]``."""
+    if S.shape[-1] == 1:
+        return 1.0 / S, torch.log(S[..., 0, 0])
+    L = torch.linalg.cholesky(S)
+    eye = torch.eye(S.shape[-1], dtype=S.dtype, device=S.device).expand(S.shape)
+    return torch.cholesky_solve(eye, L), 2 * torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1)
+
+
+# ---------------------------------------------------------------------------- the parallel scan
+Element = Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def _combine(ei: Element, ej: Element) -> Element:
+    r"""Associative operator of Särkkä & García-Fernández (2021), Lemma 8 (``i`` before ``j``):
+
+    .. math::
+
+        M &= I + C_i J_j, \quad X = M^{-1} [A_i,\ b_i + C_i \eta_j,\ C_i] \\
+        A_{ij} &= A_j X_A, \quad b_{ij} = A_j X_b + b_j, \quad C_{ij} = A_j X_C A_j^T + C_j \\
+        \eta_{ij} &= X_A^T (\eta_j - J_j b_i) + \eta_i, \quad J_{ij} = X_A^T J_j A_i + J_i
+
+    using ``A_i^T (I + J_j C_i)^{-1} = (M^{-1} A_i)^T`` (``C, J`` symmetric), so one solve serves all.
+    """
+    Ai, bi, Ci, ei_, Ji = ei
+    Aj, bj, Cj, ej_, Jj = ej
+    Z = Ai.shape[-1]
+    eye = torch.eye(Z, dtype=Ai.dtype, device=Ai.device)
+    M = eye + Ci @ Jj
+    X = _solve(M, torch.cat([Ai, (bi + _mv(Ci, ej_))[..., None], Ci], -1))
+    XA, Xb, XC = X[..., :Z], X[..., Z], X[..., Z + 1 :]
+    A = Aj @ XA
+    b = _mv(Aj, Xb) + bj
+    C = _sym(Aj @ XC @ _mT(Aj)) + Cj
+    XAt = _mT(XA)
+    eta = _mv(XAt, ej_ - _mv(Jj, bi)) + ei_
+    J = _sym(XAt @ Jj @ Ai) + Ji
+    return A, b, C, eta, J
+
+
+def _take(e: Element, sl) -> Element:
+    return tuple(x[:, sl] for x in e)
+
+
+def _cat(a: Element, b: Element) -> Element:
+    return tuple(torch.cat([x, y], 1) for x, y in zip(a, b))
+
+
+def _scan_hillis_steele(e: Element) -> Element:
+    """Inclusive prefix scan along dim 1, ``ceil(log2 T)`` rounds of one combine each (``T log T`` work)."""
+    T = e[0].shape[1]
+    k = 1
+    while k < T:
+        e = _cat(_take(e, slice(0, k)), _combine(_take(e, slice(0, T - k)), _take(e, slice(k, T))))
+        k *= 2
+    return e
+
+
+def _scan_blelloch(e: Element) -> Element:
+    """Inclusive prefix scan along dim 1, work-efficient odd/even recursion (``O(T)`` work, two combines
+    per round): combine pairs, scan the pairs, then fill in the even positions."""
+    T = e[0].shape[1]
+    if T < 2:
+        return e
+    half = T // 2
+    odd = _scan_blelloch(_combine(_take(e, slice(0, 2 * half, 2)), _take(e, slice(1, 2 * half, 2))))
+    rest = _take(e, slice(2, T, 2))  # positions 2, 4, ...: prefix = prefix(2k - 1) (+) e_2k
+    n = rest[0].shape[1]
+    even = _cat(_take(e, slice(0, 1)), _combine(_take(odd, slice(0, n)), rest)) if n else _take(e, slice(0, 1))
+    out = []
+    for ev, od in zip(even, odd):
+        pair = torch.stack([ev[:, :half], od], 2).reshape(od.shape[0], 2 * half, *od.shape[2:])
+        out.append(torch.cat([pair, ev[:, half:]], 1) if T % 2 else pair)
+    return tuple(out)
+
+
+# ---------------------------------------------------------------------------- the filter
+def _prepare_R(r: torch.Tensor, D: int, o: torch.Tensor):
+    """``(R_full_or_None, R_eff [B, T, D, D])``: the observation covariance and its missing-data form.
+
+    ``o [B, T, D]`` float observed mask. ``R_eff`` has the observed block of ``R`` and the identity
+    on missing rows/columns.
+    """
+    if r.dim() in (1, 3):  # diagonal variances [D] / [B, T, D]
+        if r.shape[-1] != D:
+            raise ValueError(f"r: expected {D} variances, got shape {tuple(r.shape)}")
+        R = torch.diag_embed(r)
+        R_eff = torch.diag_embed(torch.where(o > 0, r, torch.ones_like(o)))
+        return R, R_eff
+    if r.dim() in (2, 4):
+        if r.shape[-2:] != (D, D):
+            raise ValueError(f"r: expected a [{D}, {D}] covariance, got shape {tuple(r.shape)}")
+        oo = o[..., :, None] * o[..., None, :]
+        R_eff = r * oo + torch.diag_embed(1 - o)
+        return r, R_eff
+    raise ValueError(f"r: expected [D], [B, T, D], [D, D] or [B, T, D, D], got shape {tuple(r.shape)}")
+
+
+def kalman_filter(
+    x: torch.Tensor,
+    observed: torch.Tensor,
+    valid: torch.Tensor,
+    A: torch.Tensor,
+    Q: torch.Tensor,
+    C: torch.Tensor,
+    r: torch.Tensor,
+    m0: torch.Tensor,
+    P0: torch.Tensor,
+    b: Optional[torch.Tensor] = None,
+    d: Optional[torch.Tensor] = None,
+    method: str = "auto",
+) -> KalmanResult:
+    """Batched, masked Kalman filter.
+
+    Args:
+        x: ``[B, T, D]`` observations (values where ``observed`` is False are ignored).
+        observed: ``[B, T, D]`` bool. valid: ``[B, T]`` bool (padding is at the end of a sequence).
+        A: ``[Z, Z]`` or ``[B, T, Z, Z]`` transition. Q: same shapes, transition noise covariance.
+        C: ``[D, Z]`` or ``[B, T, D, Z]`` emission.
+        r: observation noise: variances ``[D]`` / ``[B, T, D]`` (diagonal ``R``), or a full
+            covariance ``[D, D]`` / ``[B, T, D, D]``.
+        m0: ``[Z]`` or ``[B, Z]``; P0: ``[Z, Z]`` or ``[B, Z, Z]``: the distribution of ``z_1``.
+        b: optional transition offsets ``[Z]`` / ``[B, T, Z]`` (used for ``t > 1``).
+        d: optional observation offsets ``[D]`` / ``[B, T, D]``.
+        method: ``"parallel"`` (associative scan, ``O(log T)`` rounds), ``"sequential"`` (one step
+            at a time, Joseph form), or ``"auto"`` (parallel; both agree to rounding error).
+
+    Returns:
+        :class:`KalmanResult`.
+    """
+    if x.dim() != 3:
+        raise ValueError(f"x: expected [B, T, D], got shape {tuple(x.shape)}")
+    B, T, D = x.shape
+    if observed.shape != x.shape or valid.shape != (B, T):
+        raise ValueError("observed, valid: expected shapes [B, T, D] and [B, T] matching x")
+    if method not in METHODS:
+        raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
+    Z = m0.shape[-1]
+    for name, v, ranks in (("A", A, (2, 4)), ("Q", Q, (2, 4)), ("C", C, (2, 4)), ("P0", P0, (2, 3))):
+        if v.dim() not in ranks:
+            raise ValueError(f"{name}: expected a shared or per-step matrix, got shape {tuple(v.shape)}")
+    dtype, device = x.dtype, x.device
+    eye = torch.eye(Z, dtype=dtype, device=device)
+    o = (observed & valid[..., None]).to(dtype)  # [B, T, D]
+    vf = valid.to(dtype)
+    R, R_eff = _prepare_R(r, D, o)
+    Cm = C * o[..., None]  # [B, T, D, Z]: missing rows zeroed
+    y = x if d is None else x - d
+    y = y * o  # residual target with missing dims zeroed: y - Cm mu is the masked innovation
+    m0b = m0 if m0.dim() == 2 else m0.expand(B, Z)
+    P0b = P0 if P0.dim() == 3 else P0.expand(B, Z, Z)
+    # transition into each step as used: identity / no noise on padded steps (they keep the moments)
+    keep = valid[:, :, None, None]
+    A_eff = torch.where(keep, A, eye)
+    Q_eff = torch.where(keep, Q, torch.zeros((), dtype=dtype, device=device))
+    b_eff = None if b is None else b * vf[..., None]
+
+    if method in ("auto", "parallel"):
+        mf, Pf = _filter_parallel(y, Cm, R_eff, A_eff, Q_eff, b_eff, m0b, P0b, valid)
+    else:
+        mf, Pf = _filter_sequential(y, Cm, R_eff, A_eff, Q_eff, b_eff, m0b, P0b, valid)
+
+    # predicted moments, in parallel: p(z_t | x_{1:t-1}) from the filtered moments of t - 1
+    mp_rest = _mv(A_eff[:, 1:] if A_eff.dim() == 4 else A_eff, mf[:, :-1])
+    if b_eff is not None:
+        mp_rest = mp_rest + (b_eff[:, 1:] if b_eff.dim() == 3 else b_eff)
+    A_rest = A_eff[:, 1:] if A_eff.dim() == 4 else A_eff
+    Q_rest = Q_eff[:, 1:] if Q_eff.dim() == 4 else Q_eff
+    Pp_rest = _sym(A_rest @ Pf[:, :-1] @ _mT(A_rest) + Q_rest)
+    mp = torch.cat([m0b[:, None], mp_rest], 1)
+    Pp = torch.cat([P0b[:, None], Pp_rest], 1)
+
+    # one-step-ahead innovations and log-likelihood over the observed dims, all steps at once
+    v = y - _mv(Cm, mp)
+    S = _sym(Cm @ Pp @ _mT(Cm)) + R_eff
+    if D == 1:
+        maha = v[..., 0] ** 2 / S[..., 0, 0]
+        logdet = torch.log(S[..., 0, 0])
+    else:
+        L = torch.linalg.cholesky(S)
+        w = torch.linalg.solve_triangular(L, v[..., None], upper=False)[..., 0]
+        maha = w.pow(2).sum(-1)
+        logdet = 2 * torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1)
+    step_ll = -0.5 * (maha + logdet + o.sum(-1) * _LOG_2PI) * vf
+
+    # observation predictive moments with the full C (forecasts at unobserved steps)
+    Cf = C if C.dim() == 4 else C.expand(B, T, D, Z)
+    pom = _mv(Cf, mp) if d is None else _mv(Cf, mp) + d
+    poc = _sym(Cf @ Pp @ _mT(Cf)) + R
+    return KalmanResult(
+        log_likelihood=step_ll.sum(1),
+        step_log_likelihood=step_ll,
+        predicted_mean=mp,
+        predicted_cov=Pp,
+        filtered_mean=mf,
+        filtered_cov=Pf,
+        predicted_obs_mean=pom.expand(B, T, D),
+        predicted_obs_cov=poc.expand(B, T, D, D),
+        A=A_eff.expand(B, T, Z, Z),
+        Q=Q_eff.expand(B, T, Z, Z),
+        valid=valid,
+    )
+
+
+def _filter_parallel(y, Cm, R_eff, A_eff, Q_eff, b_eff, m0b, P0b, valid):
+    """Filtered moments ``[B, T, Z]``, ``[B, T, Z, Z]`` by the associative scan (see module docstring)."""
+    B, T, D = y.shape
+    Z = m0b.shape[-1]
+    dtype, device = y.dtype, y.device
+    eye = torch.eye(Z, dtype=dtype, device=device)
+    first = torch.zeros(T, dtype=torch.bool, device=device)
+    first[0] = True
+    # the "prior" of each element: N(m0, P0) at t = 0, the transition noise N(b_t, Q_t) after
+    mu = torch.where(first[:, None], m0b[:, None], torch.zeros((), dtype=dtype, device=device) if b_eff is None else b_eff)
+    Sig = torch.where(first[:, None, None], P0b[:, None], Q_eff)
+    mu = mu.expand(B, T, Z)
+    Sig = Sig.expand(B, T, Z, Z)
+    # W = S^{-1} C (the gain is K = Sig W^T); S = C Sig C^T + R
+    S = _sym(Cm @ Sig @ _mT(Cm)) + R_eff
+    Sinv, _ = _spd_inverse_and_logdet(S)
+    W = Sinv @ Cm  # [B, T, D, Z]
+    K = Sig @ _mT(W)  # [B, T, Z, D]
+    v = y - _mv(Cm, mu)
+    IKC = eye - K @ Cm
+    b_el = mu + _mv(K, v)
+    # Joseph form: stays positive semi-definite in float32
+    C_el = _sym(IKC @ Sig @ _mT(IKC) + K @ R_eff @ _mT(K))
+    A_t = A_eff.expand(B, T, Z, Z)
+    A_el = torch.where(first[:, None, None], torch.zeros((), dtype=dtype, device=device), IKC @ A_t)
+    WA = W @ A_t  # [B, T, D, Z]: C S^{-1}-weighted transition, the information the step carries about z_{t-1}
+    eta = torch.where(first[:, None], torch.zeros((), dtype=dtype, device=device), _mv(_mT(WA), v))
+    J = torch.where(first[:, None, None], torch.zeros((), dtype=dtype, device=device), _sym(_mT(WA) @ Cm @ A_t))
+    # padded steps are the identity element: the prefix keeps the last filtered moments exactly
+    keep = valid[:, :, None, None]
+    zero = torch.zeros((), dtype=dtype, device=device)
+    A_el = torch.where(keep, A_el, eye)
+    b_el = torch.where(valid[..., None], b_el, zero)
+    C_el = torch.where(keep, C_el, zero)
+    eta = torch.where(valid[..., None], eta, zero)
+    J = torch.where(keep, J, zero)
+    e = (A_el, b_el, C_el, eta, J)
+    # few, small elements: the T log T scan has half the rounds; otherwise the O(T)-work one
+    scan = _scan_hillis_steele if B * T * Z * Z <= 16384 else _scan_blelloch
+    _, mf, Pf, _, _ = scan(e)
+    return mf, Pf
+
+
+def _filter_sequential(y, Cm, R_eff, A_eff, Q_eff, b_eff, m0b, P0b, valid):
+    """Filtered moments by the step-by-step filter (Joseph-form update); padded steps keep the moments."""
+    B, T, D = y.shape
+    Z = m0b.shape[-1]
+    eye = torch.eye(Z, dtype=y.dtype, device=y.device)
+
+    def at(M, t, rank):
+        return M[:, t] if M.dim() == rank + 2 else M
+
+    m, P = m0b, P0b
+    fm, fc = [], []
+    for t in range(T):
+        if t > 0:
+            A_t = at(A_eff, t, 2)
+            m = _mv(A_t, m)
+            if b_eff is not None:
+                m = m + at(b_eff, t, 1)
+            P = _sym(A_t @ P @ _mT(A_t) + at(Q_eff, t, 2))
+        C_t, R_t = at(Cm, t, 2), at(R_eff, t, 2)
+        PCt = P @ _mT(C_t)  # [B, Z, D]
+        S = _sym(C_t @ PCt) + R_t
+        Sinv, _ = _spd_inverse_and_logdet(S)
+        K = PCt @ Sinv
+        v = at(y, t, 1) - _mv(C_t, m)
+        m_new = m + _mv(K, v)
+        IKC = eye - K @ C_t
+        # Joseph form keeps P symmetric positive definite in float32
+        P_new = _sym(IKC @ P @ _mT(IKC) + K @ R_t @ _mT(K))
+        if t > 0:
+            # padded steps keep the previous filtered moments (no prediction: nothing can overflow)
+            keep = valid[:, t]
+            m_new = torch.where(keep[:, None], m_new, fm[-1])
+            P_new = torch.where(keep[:, None, None], P_new, fc[-1])
+        m, P = m_new, P_new
+        fm.append(m)
+        fc.append(P)
+    return torch.stack(fm, 1), torch.stack(fc, 1)
+
+
+# ---------------------------------------------------------------------------- the smoother
+def rts_smoother(kf: KalmanResult) -> SmootherResult:
+    r"""Rauch–Tung–Striebel smoother from a :func:`kalman_filter` result.
+
+    With the smoother gain ``J_t = P^f_t A_{t+1}^T (P^p_{t+1})^{-1}``:
+
+    .. math::
+
+        m^s_t &= m^f_t + J_t (m^s_{t+1} - m^p_{t+1}) \\
+        P^s_t &= (I - J_t A_{t+1}) P^f_t (I - J_t A_{t+1})^T + J_t Q_{t+1} J_t^T + J_t P^s_{t+1} J_t^T
+
+    The covariance recursion is the Joseph form (equal to ``P^f_t + J_t (P^s_{t+1} - P^p_{t+1}) J_t^T``
+    in exact arithmetic, but a sum of positive semi-definite terms, so it stays positive definite in
+    float32 where the difference form cancels). The pairwise cross-covariance is
+    ``Cov(z_{t+1}, z_t | x_{1:T}) = P^s_{t+1} J_t^T``. The gains and everything that does not depend on
+    ``t+1``'s smoothed moments are computed for all steps at once; the loop does two products per step.
+    On padded steps ``J = I`` (the filter held the moments there), so padding changes nothing.
+    """
+    B, T, Z = kf.filtered_mean.shape
+    mf, Pf, mp, Pp = kf.filtered_mean, kf.filtered_cov, kf.predicted_mean, kf.predicted_cov
+    if T == 1:
+        return SmootherResult(mean=mf, cov=Pf, cross_cov=torch.zeros_like(Pf))
+    A1, Q1 = kf.A[:, 1:], kf.Q[:, 1:]
+    eye = torch.eye(Z, dtype=mf.dtype, device=mf.device)
+    # J_t^T = (P^p_{t+1})^{-1} A_{t+1} P^f_t
+    J = _mT(_solve(Pp[:, 1:], A1 @ Pf[:, :-1]))
+    if kf.valid is not None:
+        J = torch.where(kf.valid[:, 1:, None, None], J, eye)
+    IJA = eye - J @ A1
+    const = _sym(IJA @ Pf[:, :-1] @ _mT(IJA) + J @ Q1 @ _mT(J))  # [B, T-1, Z, Z]
+    g = mf[:, :-1] - _mv(J, mp[:, 1:])  # m^s_t = g_t + J_t m^s_{t+1}
+    ms, Ps = mf[:, -1], Pf[:, -1]
+    means, covs = [ms], [Ps]
+    for t in range(T - 2, -1, -1):
+        Jt = J[:, t]
+        ms = g[:, t] + _mv(Jt, ms)
+        Ps = _sym(const[:, t] + Jt @ Ps @ _mT(Jt))
+        means.append(ms)
+        covs.append(Ps)
+    means.reverse()
+    covs.reverse()
+    mean, cov = torch.stack(means, 1), torch.stack(covs, 1)
+    cross = torch.cat([torch.zeros_like(Pf[:, :1]), cov[:, 1:] @ _mT(J)], 1)
+    return SmootherResult(mean=mean, cov=cov, cross_cov=cross)
