@@ -5,6 +5,8 @@
     deepstate fit DATA --out MODEL.pt    train an Estimator on a dataset name or a CSV file
     deepstate evaluate MODEL.pt DATA     held-out bound in nats per frame
     deepstate sample MODEL.pt            generate sequences (CSV on stdout or --out)
+    deepstate forecast MODEL.pt DATA --horizon H --out forecast.csv [--plot fan.png]
+    deepstate backtest MODEL.pt DATA --horizon H --origins K --out scores.csv [--plot scores.png]
 
 Errors print one line to stderr and exit with status 2 (bad input) or 1 (failure): never a traceback.
 """
@@ -23,34 +25,147 @@ class CLIError(Exception):
     """A user-facing error: printed as one line, exit status 2."""
 
 
+_TIME_NAMES = ("date", "time", "year", "t", "timestamp", "datetime", "period", "month", "day", "week", "quarter")
+
+
+def read_series_csv(path: str):
+    """A CSV of one series as a ``pandas.DataFrame``: a time column (if any) as the index, one column per dimension.
+
+    The time column is the first column if it is named like a time (``date``, ``time``, ``year``,
+    ``t``, ...) or if all its values parse as dates; it must be strictly increasing. Every other
+    column must be numeric (empty cells are missing values): a column of text is an error naming it.
+    """
+    import pandas as pd
+
+    try:
+        df = pd.read_csv(path)
+    except Exception as err:  # noqa: BLE001 - pandas raises many kinds
+        raise CLIError(f"data: cannot read CSV {path!r}: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+    if df.shape[0] == 0 or df.shape[1] == 0:
+        raise CLIError(f"data: {path!r} has no rows or no columns")
+    first = df.columns[0]
+    is_time = str(first).strip().lower() in _TIME_NAMES
+    if not is_time and df[first].dtype == object:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            parsed = pd.to_datetime(df[first], errors="coerce")
+        is_time = bool(parsed.notna().all())
+    if is_time:
+        col = df[first]
+        if col.dtype == object:
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                parsed = pd.to_datetime(col, errors="coerce")
+            if parsed.isna().any():
+                raise CLIError(f"data: time column {first!r} of {path!r} has values that are not dates")
+            col = parsed
+        if not col.is_monotonic_increasing or col.duplicated().any():
+            raise CLIError(f"data: time column {first!r} of {path!r} is not strictly increasing")
+        df = df.drop(columns=[first]).set_axis(pd.Index(col, name=str(first)), axis=0)
+        if isinstance(df.index, pd.DatetimeIndex) and df.index.freq is None and len(df) >= 3:
+            freq = pd.infer_freq(df.index)
+            if freq is not None:
+                df = df.asfreq(freq)
+    if df.shape[1] == 0:
+        raise CLIError(f"data: {path!r} has a time column but no value column")
+    for c in df.columns:
+        if not pd.api.types.is_numeric_dtype(df[c]):
+            bad = df[c][pd.to_numeric(df[c], errors="coerce").isna() & df[c].notna()]
+            raise CLIError(f"data: column {c!r} of {path!r} is not numeric (row {bad.index[0]}: {bad.iloc[0]!r})")
+    return df.astype("float64")
+
+
+def _read_series(spec: str, data_dir=None):
+    """``(frame, likelihood)``: a dataset name or a CSV path as one series (``pandas.DataFrame``)."""
+    import pandas as pd
+
+    from deepstate.data import list_datasets, load_dataset
+
+    if spec in list_datasets():
+        data = load_dataset(spec, data_dir=data_dir).data
+        return (data.to_frame() if isinstance(data, pd.Series) else data), "gaussian"
+    if os.path.isfile(spec):
+        return read_series_csv(spec), "gaussian"
+    raise CLIError(f"data: expected a dataset name ({', '.join(list_datasets() + ['jsb_chorales'])}) or a CSV file, got {spec!r}")
+
+
 def _load_data(spec: str, data_dir=None):
     """A dataset name (``sunspots``, ``co2``, ``lynx_hare``, ``jsb_chorales``) or a CSV path.
 
-    Returns ``(train, test)``: for a single series the last 20% of steps are held out; JSB uses
-    its own train/test split; a CSV is one multivariate series (numeric columns, rows = time).
+    Returns ``(train, test, likelihood)``: for a single series the last 20% of steps are held out;
+    JSB uses its own train/test split; a CSV is one multivariate series (see :func:`read_series_csv`).
     """
-    from deepstate.data import from_pandas, list_datasets, load_dataset, load_polyphonic, split_series
+    from deepstate.data import from_pandas, load_polyphonic, split_series
 
     if spec == "jsb_chorales":
         d = load_polyphonic("jsb_chorales", data_dir=data_dir)
         return d["train"], d["test"], "bernoulli"
-    if spec in list_datasets():
-        batch = load_dataset(spec, data_dir=data_dir).batch
-    elif os.path.isfile(spec):
-        import pandas as pd
-
-        try:
-            df = pd.read_csv(spec)
-        except Exception as err:
-            raise CLIError(f"data: cannot read CSV {spec!r}: {err}") from None
-        df = df.select_dtypes("number")
-        if df.shape[1] == 0:
-            raise CLIError(f"data: {spec!r} has no numeric columns")
-        batch = from_pandas(df, as_multivariate=True)
-    else:
-        raise CLIError(f"data: expected a dataset name ({', '.join(list_datasets() + ['jsb_chorales'])}) or a CSV file, got {spec!r}")
+    frame, likelihood = _read_series(spec, data_dir)
+    batch = from_pandas(frame, as_multivariate=True)
     parts = split_series(batch, valid_fraction=0.0, test_fraction=0.2)
-    return parts["train"], parts["test"], "gaussian"
+    return parts["train"], parts["test"], likelihood
+
+
+def _levels(text: str):
+    from deepstate.forecasting import check_levels
+
+    try:
+        return check_levels(tuple(float(v) for v in text.split(",")), "--levels")
+    except ValueError:
+        raise CLIError(f"--levels: expected comma-separated numbers strictly between 0 and 1, got {text!r}") from None
+
+
+def _cmd_forecast(args):
+    from deepstate.estimator import Estimator
+
+    est = Estimator.load(args.model_path)
+    frame, _ = _read_series(args.data, args.data_dir)
+    levels = _levels(args.levels)
+    quantile_levels = sorted({q for lv in levels for q in ((1 - lv) / 2, (1 + lv) / 2)} | {0.5})
+    fc = est.forecast(frame, args.horizon, num_samples=args.num_samples, levels=quantile_levels, seed=args.seed)
+    table = fc.to_frame()
+    _write_atomic(args.out, table.to_csv(float_format="%.6g"))
+    print(f"wrote a {args.horizon}-step forecast ({fc.method}, quantiles {', '.join(f'{q:g}' for q in quantile_levels)}) "
+          f"to {args.out}")
+    if args.plot:
+        fc.plot(levels=levels, title=f"{args.data}: {args.horizon}-step forecast ({est.model})", path=args.plot,
+                max_history=args.plot_history)
+        print(f"wrote the fan chart to {args.plot}")
+    return 0
+
+
+def _cmd_backtest(args):
+    import pandas as pd
+
+    from deepstate.estimator import Estimator
+    from deepstate.forecasting.backtest import backtest
+
+    est = Estimator.load(args.model_path)
+    frame, _ = _read_series(args.data, args.data_dir)
+    if args.origins < 1:
+        raise CLIError(f"--origins: expected a positive int, got {args.origins}")
+    if args.horizon < 1:
+        raise CLIError(f"--horizon: expected a positive int, got {args.horizon}")
+    test_size = args.origins + args.horizon - 1
+    if test_size >= len(frame):
+        raise CLIError(f"--origins: {args.origins} origins at horizon {args.horizon} need more than {test_size} steps; "
+                       f"the series has {len(frame)}")
+    order = tuple(int(v) for v in args.sarimax_order.split(","))
+    res = backtest(est, frame, args.horizon, test_size=test_size, levels=_levels(args.levels), season=args.season,
+                   num_samples=args.num_samples, order=order, seed=args.seed, progress=not args.quiet)
+    _write_atomic(args.out, res.per_origin.to_csv(index=False, float_format="%.6g"))
+    with pd.option_context("display.width", 160, "display.max_columns", 20, "display.precision", 3):
+        print(f"{len(res.origins)} origins, horizon {args.horizon} (mean over origins, steps and dimensions):")
+        print(res.summary.to_string())
+    print(f"wrote per-origin scores to {args.out}")
+    if args.plot:
+        res.plot(path=args.plot)
+        print(f"wrote the score plot to {args.plot}")
+    return 0
 
 
 def _cmd_datasets(args):
@@ -221,6 +336,40 @@ def _parser():
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--out", default=None, help="CSV file (default: stdout)")
     g.set_defaults(func=_cmd_sample)
+
+    fc = sub.add_parser("forecast", help="forecast beyond the end of a series with intervals",
+                        description="Forecast H steps beyond the end of DATA (a dataset name or a CSV with a time "
+                                    "column and one column per series dimension).",
+                        epilog="example: deepstate forecast sunspots.pt sunspots --horizon 10 --out fc.csv --plot fan.png")
+    fc.add_argument("model_path")
+    fc.add_argument("data")
+    fc.add_argument("--horizon", type=int, required=True)
+    fc.add_argument("--levels", default="0.5,0.8,0.95", help="central interval levels (default 0.5,0.8,0.95)")
+    fc.add_argument("--num-samples", type=int, default=1000)
+    fc.add_argument("--out", required=True, help="CSV: mean and quantile columns (q0.1 = 10%% quantile)")
+    fc.add_argument("--plot", default=None, help="PNG fan chart")
+    fc.add_argument("--plot-history", type=int, default=100, help="history steps shown in the fan chart")
+    fc.add_argument("--seed", type=int, default=0)
+    fc.set_defaults(func=_cmd_forecast)
+
+    bt = sub.add_parser("backtest", help="rolling-origin backtest against statsmodels and naive baselines",
+                        description="Score forecasts from the last K origins of DATA (each forecasting H steps) "
+                                    "against persistence, seasonal naive and statsmodels baselines.",
+                        epilog="example: deepstate backtest sunspots.pt sunspots --horizon 10 --origins 51 "
+                               "--season 11 --out scores.csv --plot scores.png")
+    bt.add_argument("model_path")
+    bt.add_argument("data")
+    bt.add_argument("--horizon", type=int, required=True)
+    bt.add_argument("--origins", type=int, default=30)
+    bt.add_argument("--season", type=int, default=None, help="season length (seasonal naive baseline and MASE)")
+    bt.add_argument("--levels", default="0.5,0.8,0.95")
+    bt.add_argument("--sarimax-order", default="2,0,0", help="p,d,q of the SARIMAX baseline")
+    bt.add_argument("--num-samples", type=int, default=500)
+    bt.add_argument("--out", required=True, help="CSV of per-origin scores")
+    bt.add_argument("--plot", default=None, help="PNG of the summary scores")
+    bt.add_argument("--seed", type=int, default=0)
+    bt.add_argument("--quiet", action="store_true")
+    bt.set_defaults(func=_cmd_backtest)
     return p
 
 

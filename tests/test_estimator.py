@@ -257,7 +257,12 @@ def test_estimator_bad_call_arguments(fitted):
         fitted.log_likelihood(small_series(D=3))
     with pytest.raises(ValueError, match="num_sequences"):
         fitted.sample(0, 3)
-    assert not hasattr(fitted, "forecast")
+    with pytest.raises(ValueError, match="horizon"):
+        fitted.forecast(small_series(), 0)
+    with pytest.raises(ValueError, match="levels"):
+        fitted.forecast(small_series(), 3, levels=(0.5, 1.2))
+    with pytest.raises(ValueError, match="history"):
+        fitted.forecast(small_series(D=3), 3)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available")
