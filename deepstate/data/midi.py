@@ -75,6 +75,13 @@ def roll_to_notes(roll: Any) -> List[Tuple[int, int, int]]:
     return sorted(notes, key=lambda n: (n[1], n[0]))
 
 
+def _umask() -> int:
+    """The process umask (read by setting and restoring it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _atomic_write(path: Union[str, os.PathLike], write: Callable[[Any], None], suffix: str) -> Path:
     """Write through ``write(file_object)`` into a temp file next to ``path``, then rename."""
     path = Path(path)
@@ -83,6 +90,7 @@ def _atomic_write(path: Union[str, os.PathLike], write: Callable[[Any], None], s
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
         os.replace(tmp, path)
     except BaseException:
         try:
