@@ -27,7 +27,7 @@ import torch
 from ..data import SequenceBatch
 from ..inference.particle import particle_filter
 from ..models.base import Carry, LatentSequenceModel, StateSpaceModel
-from ..models.rollout import RolloutState, gather_leading
+from ..models.rollout import RolloutState, _feature_initial, gather_leading
 
 __all__ = ["FilteredState", "filter_history", "feature_state"]
 
@@ -85,7 +85,8 @@ def feature_state(ssm: StateSpaceModel, batch: SequenceBatch):
     b = torch.arange(B, device=batch.x.device)
     last = (batch.lengths - 1).to(batch.x.device)
     x_last, obs_last = batch.x[b, last], batch.observed[b, last]
-    f = ssm.feature_initial((B,))
+    # a history that starts mid-series (a window, a chunk) starts its features at its absolute position
+    f = _feature_initial(ssm, (B,), batch.offset)
     if not f:
         return {}, x_last, obs_last
     x_prev = torch.zeros_like(batch.x[:, 0])

@@ -11,9 +11,10 @@ the state; for forecasting the honest score is the **conditional predictive log-
 * Every model: the particle filter through the history (guide proposal), then the same particle
   system continued over the future stretch as a bootstrap filter
   (:func:`~deepstate.models.rollout.rollout` with ``observations``): each step's log mean weight
-  estimates ``log p(x_t | x_{1:t-1})``, and the product of the mean weights is an unbiased estimate
-  of ``p(x_{T+1:T+H} | x_{1:T})`` given the filtered particles, so the sum is a stochastic lower
-  bound in expectation (Jensen), tightening as ``N`` grows.
+  estimates ``log p(x_t | x_{1:t-1})``. Given the filtered particles, the product of the mean
+  weights is an unbiased estimate of the particle approximation of ``p(x_{T+1:T+H} | x_{1:T})``; the
+  approximation of the filtering distribution itself adds an error of either sign, so the result is
+  a consistent estimate (as ``N`` grows), not a bound.
 
 The same continuation yields, at no extra cost, draws from each one-step-ahead predictive
 ``p(x_t | x_{1:t-1})`` (the replicates of a one-step-ahead predictive check) and so PIT values.

@@ -115,6 +115,7 @@ class RolloutResult:
     state: RolloutState
 
 
+@torch.no_grad()
 def rollout(
     ssm: StateSpaceModel,
     state: RolloutState,
