@@ -99,7 +99,7 @@ def bench_sunspots_fit(repeats: int):
         torch.manual_seed(0)
         est = Estimator("lgssm", objective="exact", z_dim=2, seed=0, dtype=torch.float64)
         t0 = time.perf_counter()
-        est.fit(train, epochs=50)
+        est.fit(train, epochs=50, progress=False)
         times.append(time.perf_counter() - t0)
         final = est.history_[-1]["train_bound"]
     print(f"sunspots LGSSM maximum-likelihood fit (demo settings, 50 iterations): median {statistics.median(times):.2f} s "

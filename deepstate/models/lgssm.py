@@ -4,15 +4,15 @@ r"""The linear-Gaussian state-space model: the exact oracle that keeps every app
 
     z_1 \sim N(m_0, P_0), \quad
     z_t = A z_{t-1} + B u_t + w_t,\ w_t \sim N(0, Q), \quad
-    x_t = C z_t + D u_t + v_t,\ v_t \sim N(0, \mathrm{diag}(r))
+    x_t = C z_t + D u_t + v_t,\ v_t \sim N(0, R)
 
 Written as protocol steps (:class:`LinearGaussianSSM`), so Pyro's SVI and the particle filter run on
 it like on any deep model, and with an exact Kalman log-likelihood
 (:meth:`LinearGaussianSSM.log_likelihood`) and RTS smoother to check them against. Guides:
 
 * :class:`~deepstate.models.base.PriorGuide`: the bootstrap proposal;
-* :class:`LinearFilteringGuide`: a learnable ``q(z_t | z_{t-1}, x_t)``, which can represent the
-  locally optimal proposal of this model exactly;
+* :class:`LinearFilteringGuide`: a learnable ``q(z_t | z_{t-1}, x_t)`` with a diagonal covariance,
+  which can represent the locally optimal proposal exactly only for a one-dimensional state;
 * :class:`ExactPosteriorGuide`: ``p(z_t | z_{t-1}, x_{1:T})`` from the smoother's pairwise
   marginals; with it every importance weight equals the Kalman likelihood.
 """
@@ -70,7 +70,7 @@ class ExactLikelihoodFitMixin:
     """Maximum-likelihood fitting for models with an exact ``log_likelihood(batch) -> [B]``."""
 
     def fit(self, batch: SequenceBatch, num_steps: int = 100, lr: Optional[float] = None, optimizer: str = "lbfgs",
-            progress: bool = False) -> list:
+            progress: bool = False, tol: float = 1e-9) -> list:
         """Maximum likelihood on the exact (Kalman) log-likelihood.
 
         Args:
@@ -80,12 +80,19 @@ class ExactLikelihoodFitMixin:
             optimizer: ``"lbfgs"`` (strong-Wolfe line search; converges in tens of iterations on these
                 small problems, as statsmodels' quasi-Newton fits do) or ``"adam"``.
             progress: show a tqdm bar.
+            tol: L-BFGS stops early once an iteration changes the log-likelihood by less than ``tol``
+                nats per frame (relative to ``max(1, |value|)``) twice in a row, or the line search
+                makes no progress: at that point it has converged, and further iterations would only
+                re-evaluate the same point (0: always run ``num_steps``; Adam always does).
 
         Returns:
-            The training log-likelihood in nats per frame after each iteration.
+            The training log-likelihood in nats per frame after each iteration (shorter than
+            ``num_steps + 1`` when L-BFGS stopped early).
         """
         if optimizer not in ("lbfgs", "adam"):
             raise ValueError(f"optimizer: expected 'lbfgs' or 'adam', got {optimizer!r}")
+        if not tol >= 0:
+            raise ValueError(f"tol: expected a non-negative number, got {tol!r}")
         frames = batch.num_frames
         params = list(self.parameters())
         if optimizer == "lbfgs":
@@ -105,9 +112,15 @@ class ExactLikelihoodFitMixin:
             from tqdm.auto import tqdm
 
             steps = tqdm(steps, desc="lgssm mle")
+        small = 0
         for _ in steps:
             loss = opt.step(closure)
             history.append(-float(loss.detach()))
+            if optimizer == "lbfgs" and tol > 0 and len(history) > 1:
+                change = abs(history[-1] - history[-2]) / max(1.0, abs(history[-1]))
+                small = small + 1 if change < tol else 0
+                if small >= 2:
+                    break
         with torch.no_grad():
             history.append(float(self.log_likelihood(batch).sum() / frames))
         return history
@@ -123,9 +136,15 @@ class LinearGaussianSSM(ExactLikelihoodFitMixin, StateSpaceModel):
         u_dim: number of covariates ``U`` (0: none). Their terms are ``B u_t`` in the transition
             (``t > 1``) and ``D u_t`` in the emission.
         A, Q, C, R, m0, P0, B, D: optional initial values (``R`` a ``[D]`` vector of variances or a
-            diagonal ``[D, D]`` matrix). Defaults: ``A = 0.9 I``, ``Q = 0.1 I``, ``C`` small random,
-            ``R = 0.1``, ``m0 = 0``, ``P0 = I``.
+            ``[D, D]`` covariance). Defaults: ``A = 0.9 I``, ``Q = 0.1 I``, ``C`` small random,
+            ``R = 0.1 I``, ``m0 = 0``, ``P0 = I``.
         dtype: parameter dtype (use ``torch.float64`` for exactness checks).
+        full_R: learn a full (correlated) observation covariance ``R = L L^T`` through a Cholesky
+            parameter instead of independent variances. Implied by a non-diagonal ``R``. The
+            exact methods (:meth:`kalman`, :meth:`log_likelihood`, :meth:`smooth`, :meth:`fit`)
+            support it, missing values included; the protocol's :meth:`likelihood` needs
+            independent dimensions (one factor per dimension, so that single dimensions can be
+            masked) and refuses a full ``R`` with a ``ValueError``.
 
     Example:
         >>> ssm = LinearGaussianSSM(2, 1)
@@ -133,7 +152,7 @@ class LinearGaussianSSM(ExactLikelihoodFitMixin, StateSpaceModel):
     """
 
     def __init__(self, z_dim: int, x_dim: int, u_dim: int = 0, A=None, Q=None, C=None, R=None, m0=None, P0=None,
-                 B=None, D=None, dtype=None):
+                 B=None, D=None, dtype=None, full_R: bool = False):
         super().__init__()
         if z_dim < 1 or x_dim < 1 or u_dim < 0:
             raise ValueError(f"z_dim, x_dim, u_dim: expected positive dims, got {z_dim}, {x_dim}, {u_dim}")
@@ -144,14 +163,23 @@ class LinearGaussianSSM(ExactLikelihoodFitMixin, StateSpaceModel):
         Q0 = _as_tensor(Q, dtype) if Q is not None else 0.1 * torch.eye(z_dim, dtype=dtype)
         self.Q_tril = TriangularParameter(z_dim, Q0, dtype=dtype)
         self.P0_tril = TriangularParameter(z_dim, None if P0 is None else _as_tensor(P0, dtype), dtype=dtype)
-        if R is None:
-            r = torch.full((x_dim,), 0.1, dtype=dtype)
+        R0 = None if R is None else _as_tensor(R, dtype)
+        if R0 is not None and R0.dim() == 2:
+            if R0.shape != (x_dim, x_dim) or not torch.allclose(R0, R0.T):
+                raise ValueError(f"R: expected a symmetric [{x_dim}, {x_dim}] covariance, got {R0}")
+            if (R0 - torch.diag(torch.diagonal(R0))).abs().max() > 0:
+                full_R = True  # a correlated R is kept as given, never reduced to its diagonal
+        self.full_R = bool(full_R)
+        if self.full_R:
+            R_full = 0.1 * torch.eye(x_dim, dtype=dtype) if R0 is None else (torch.diag(R0) if R0.dim() == 1 else R0)
+            if R_full.shape != (x_dim, x_dim) or not bool(torch.linalg.eigvalsh(R_full).min() > 0):
+                raise ValueError(f"R: expected a positive-definite [{x_dim}, {x_dim}] covariance, got {R_full}")
+            self.R_tril = TriangularParameter(x_dim, R_full, dtype=dtype)
         else:
-            r = _as_tensor(R, dtype)
-            r = torch.diagonal(r) if r.dim() == 2 else r
-        if r.shape != (x_dim,) or (r <= 0).any():
-            raise ValueError(f"R: expected {x_dim} positive variances, got {r}")
-        self.log_r = nn.Parameter(r.log())
+            r = torch.full((x_dim,), 0.1, dtype=dtype) if R0 is None else (torch.diagonal(R0) if R0.dim() == 2 else R0)
+            if r.shape != (x_dim,) or (r <= 0).any():
+                raise ValueError(f"R: expected {x_dim} positive variances, got {r}")
+            self.log_r = nn.Parameter(r.log())
         self.m0 = nn.Parameter(_as_tensor(m0, dtype) if m0 is not None else torch.zeros(z_dim, dtype=dtype))
         for name, value, shape in (("A", self.A, (z_dim, z_dim)), ("C", self.C, (x_dim, z_dim)), ("m0", self.m0, (z_dim,))):
             if value.shape != shape:
@@ -163,12 +191,22 @@ class LinearGaussianSSM(ExactLikelihoodFitMixin, StateSpaceModel):
     # ------------------------------------------------------------------ matrices
     @property
     def r(self) -> torch.Tensor:
-        """``[D]`` observation noise variances."""
-        return self.log_r.exp()
+        """``[D]`` observation noise variances (the diagonal of ``R``)."""
+        return torch.diagonal(self.R_tril.covariance()) if self.full_R else self.log_r.exp()
+
+    @property
+    def R(self) -> torch.Tensor:
+        """``[D, D]`` observation noise covariance."""
+        return self.R_tril.covariance() if self.full_R else torch.diag(self.log_r.exp())
 
     def matrices(self) -> dict:
-        """The model's matrices ``A, Q, C, r, m0, P0`` (and ``B, D`` with covariates)."""
-        out = dict(A=self.A, Q=self.Q_tril.covariance(), C=self.C, r=self.r, m0=self.m0, P0=self.P0_tril.covariance())
+        """The model's matrices ``A, Q, C, r, m0, P0`` (and ``B, D`` with covariates).
+
+        ``r`` is the ``[D]`` vector of variances, or the full ``[D, D]`` covariance when ``full_R``
+        (the form :func:`deepstate.kalman.kalman_filter` takes).
+        """
+        r = self.R if self.full_R else self.r
+        out = dict(A=self.A, Q=self.Q_tril.covariance(), C=self.C, r=r, m0=self.m0, P0=self.P0_tril.covariance())
         if self.u_dim:
             out.update(B=self.B, D=self.D)
         return out
@@ -212,6 +250,9 @@ class LinearGaussianSSM(ExactLikelihoodFitMixin, StateSpaceModel):
         return dist.MultivariateNormal(mean, scale_tril=tril)
 
     def likelihood(self, s, z, c):
+        if self.full_R:
+            raise ValueError("R: the protocol steps need a diagonal observation covariance (one factor per "
+                             "dimension); with full_R use the exact methods (kalman, log_likelihood, smooth, fit)")
         loc = z @ self.C.T
         if self.u_dim:
             loc = loc + c["u"] @ self.D.T
@@ -229,8 +270,13 @@ class LinearFilteringGuide(Guide):
     """Learnable filtering proposal ``q(z_t | z_{t-1}, x_t) = N(W [z_{t-1}, x_t, o_t, 1_{t=1}] + b, diag)``.
 
     ``o_t`` is the observed mask (``x_t`` is 0 where unobserved). For the linear-Gaussian model the
-    locally optimal proposal ``p(z_t | z_{t-1}, x_t)`` is of this form (Doucet et al. 2000), so the
-    guide can learn it exactly when everything is observed.
+    locally optimal proposal ``p(z_t | z_{t-1}, x_t)`` (Doucet et al. 2000) has a mean linear in
+    ``(z_{t-1}, x_t)``, which this guide can represent, but a full covariance
+    ``(Q^{-1} + C^T R^{-1} C)^{-1}``, while this guide's covariance is diagonal. So it can learn the
+    optimal proposal exactly only when ``z_dim = 1`` (and everything is observed; with missing
+    dimensions the optimal covariance also depends on which are missing, which a single bias
+    cannot express for every pattern). For ``z_dim > 1`` it learns the best diagonal
+    approximation.
     """
 
     uses_prior = False
