@@ -8,39 +8,13 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
-from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
+from ._save import save_figure
+
 __all__ = ["ppc_panels"]
-
-
-def _umask() -> int:
-    """The process umask (read by setting and restoring it)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _save_png(fig, path: Union[str, os.PathLike], dpi: int = 120) -> Path:
-    """Save ``fig`` as a PNG atomically (temp file in the same folder, then rename), creating folders."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png.tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", dpi=dpi, bbox_inches="tight")
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
 
 
 def _entries(table_or_arrays: Any, statistics: Optional[Sequence[str]]):
@@ -135,5 +109,5 @@ def ppc_panels(
         fig.suptitle(title)
     fig.tight_layout()
     if path is not None:
-        _save_png(fig, path)
+        save_figure(fig, path)
     return fig

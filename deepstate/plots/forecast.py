@@ -13,17 +13,15 @@ Array arguments may be numpy arrays, anything ``np.asarray`` accepts, or torch t
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import re
-import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from deepstate.plots._save import save_figure as _save_figure
 from deepstate.scores import _as_array, pit_uniformity
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -42,26 +40,6 @@ _OTHER_COLOR = "#9ecae1"
 # ----------------------------------------------------------------------------------------------
 # helpers
 # ----------------------------------------------------------------------------------------------
-def _save_figure(fig: "Figure", path: str | os.PathLike, dpi: int = 120) -> Path:
-    """Save ``fig`` atomically: write a temp file next to ``path``, then ``os.replace`` it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fmt = path.suffix[1:].lower() or "png"
-    # Not tempfile.mkstemp: its files are mode 0600; os.open with 0o666 honours the umask like
-    # an ordinary savefig would.
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format=fmt, dpi=dpi, bbox_inches="tight")
-        os.replace(tmp, path)  # atomic on POSIX and Windows (same folder, same filesystem)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return path
-
-
 def _as_2d(x: Any, name: str) -> np.ndarray:
     """``[T]`` -> ``[T, 1]``; ``[T, D]`` unchanged; anything else is a ValueError naming ``name``."""
     arr = _as_array(x, name)

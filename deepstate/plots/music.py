@@ -11,7 +11,7 @@ from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
-from .checks import _save_png
+from ._save import save_figure
 
 __all__ = ["piano_roll", "note_name"]
 
@@ -101,5 +101,5 @@ def piano_roll(
     axes[0, 0].set_ylabel("pitch")
     fig.tight_layout()
     if path is not None:
-        _save_png(fig, path)
+        save_figure(fig, path)
     return fig

@@ -23,7 +23,7 @@ from typing import Any, Iterable, List, Mapping, Union
 
 import numpy as np
 
-from .checks import _save_png
+from ._save import save_figure
 
 __all__ = ["training_curves", "read_metrics"]
 
@@ -137,5 +137,5 @@ def training_curves(metrics_path_or_records: Any, path: Union[None, str, os.Path
             ax.legend(fontsize=8)
     fig.tight_layout()
     if path is not None:
-        _save_png(fig, path)
+        save_figure(fig, path)
     return fig
