@@ -161,16 +161,18 @@ def _combine(ei: Element, ej: Element) -> Element:
     Ai, bi, Ci, ei_, Ji = ei
     Aj, bj, Cj, ej_, Jj = ej
     Z = Ai.shape[-1]
-    eye = torch.eye(Z, dtype=Ai.dtype, device=Ai.device)
-    M = eye + Ci @ Jj
-    X = _solve(M, torch.cat([Ai, (bi + _mv(Ci, ej_))[..., None], Ci], -1))
-    XA, Xb, XC = X[..., :Z], X[..., Z], X[..., Z + 1 :]
-    A = Aj @ XA
-    b = _mv(Aj, Xb) + bj
-    C = _sym(Aj @ XC @ _mT(Aj)) + Cj
-    XAt = _mT(XA)
-    eta = _mv(XAt, ej_ - _mv(Jj, bi)) + ei_
-    J = _sym(XAt @ Jj @ Ai) + Ji
+    # six batched products in all: operands sharing a left factor are concatenated
+    CJe = Ci @ torch.cat([Jj, ej_[..., None]], -1)  # [C_i J_j | C_i eta_j]
+    M = CJe[..., :Z] + torch.eye(Z, dtype=Ai.dtype, device=Ai.device)
+    X = _solve(M, torch.cat([Ai, bi[..., None] + CJe[..., Z:], Ci], -1))  # [X_A | X_b | X_C]
+    AX = Aj @ X
+    A = AX[..., :Z]
+    b = AX[..., Z] + bj
+    C = _sym(AX[..., Z + 1 :] @ _mT(Aj)) + Cj
+    JAb = Jj @ torch.cat([Ai, bi[..., None]], -1)  # [J_j A_i | J_j b_i]
+    XJ = _mT(X[..., :Z]) @ torch.cat([JAb[..., :Z], ej_[..., None] - JAb[..., Z:]], -1)
+    J = _sym(XJ[..., :Z]) + Ji
+    eta = XJ[..., Z] + ei_
     return A, b, C, eta, J
 
 

@@ -173,7 +173,7 @@ class DeepStateModel(ExactLikelihoodFitMixin, StateSpaceModel):
 
     # ------------------------------------------------------------------ exact inference
     def kalman(self, batch: SequenceBatch) -> KalmanResult:
-        """Kalman filter with the RNN's time-varying parameters (see :func:`~deepstate.inference.kalman.kalman_filter`)."""
+        """Kalman filter with the RNN's time-varying parameters (see :func:`~deepstate.kalman.kalman_filter`)."""
         c = self.features(batch)
         Q = torch.diag_embed(c["q"])  # [B, T, Z, Z]
         C = c["a"][..., None, :]  # [B, T, 1, Z]

@@ -220,7 +220,7 @@ class LinearGaussianSSM(ExactLikelihoodFitMixin, StateSpaceModel):
 
     # ------------------------------------------------------------------ exact inference
     def kalman(self, batch: SequenceBatch) -> KalmanResult:
-        """Kalman filter over a batch (see :func:`deepstate.inference.kalman.kalman_filter`)."""
+        """Kalman filter over a batch (see :func:`deepstate.kalman.kalman_filter`)."""
         M = self.matrices()
         b, d = self._offsets(batch.u)
         return kalman_filter(batch.x, batch.observed, batch.valid, M["A"], M["Q"], M["C"], M["r"], M["m0"], M["P0"], b=b, d=d)
