@@ -463,6 +463,78 @@ class Estimator:
         x = x.numpy()
         return (z.detach().to("cpu", torch.float64).numpy(), x) if return_latents else x
 
+    def generate(self, num_sequences: int, length: int, prefix: Any = None, num_particles: int = 100,
+                 seed: Optional[int] = None) -> np.ndarray:
+        """Sample new sequences, or continue given prefixes, on the original scale.
+
+        Built on the one forward simulation (:func:`~deepstate.models.rollout.rollout`, feeding back
+        sampled values): from the model's initial state without ``prefix`` (the same draws as
+        :meth:`sample`), else from the particle filter's state at the end of each prefix
+        (:func:`~deepstate.forecasting.filter_history`, ``num_particles``), resampled.
+
+        Args:
+            num_sequences: ``S`` sequences (per prefix).
+            length: ``T`` new steps.
+            prefix: optional ``B`` sequences to continue (same kinds as :meth:`fit`).
+            num_particles: particles of the filter through the prefixes.
+            seed: seed of the draws (``None``: torch's global RNG).
+
+        Returns:
+            numpy float64 ``x [S, T, D]`` without ``prefix``; ``[S, B, T, D]`` continuations (the
+            new steps only) with it.
+        """
+        from .forecasting import filter_history
+        from .models.rollout import RolloutState, rollout
+
+        self._require_fitted()
+        for arg, v in (("num_sequences", num_sequences), ("length", length), ("num_particles", num_particles)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise ValueError(f"{arg}: expected a positive int, got {v!r}")
+        S, T = int(num_sequences), int(length)
+        lsm = self.model_
+        ref = next(lsm.parameters())
+        with torch.random.fork_rng(devices=[]):
+            if seed is not None:
+                torch.manual_seed(int(seed))
+            if prefix is None:
+                state = RolloutState.prior(lsm.ssm, 1, S, dtype=ref.dtype, device=ref.device)
+            else:
+                batch = self._prepare(prefix, "prefix")
+                state = filter_history(lsm, batch, int(num_particles)).resample(S)
+            x = rollout(lsm.ssm, state, T).x
+        x = x.detach().to("cpu", torch.float64)
+        if self.standardizer_ is not None:
+            x = self.standardizer_.inverse_transform(x)
+        x = x.numpy()
+        return x[0] if prefix is None else x
+
+    def check(self, data: Any, kind: str = "one-step", num_samples: int = 100, statistics: Any = None,
+              t0: Optional[int] = None, num_particles: int = 100, seed: Optional[int] = None):
+        """Posterior predictive check of ``data`` on the original scale.
+
+        Args:
+            data: sequences (same kinds as :meth:`fit`), e.g. a held-out split.
+            kind: ``"one-step"``, ``"reconstruction"`` or ``"free"`` (see :mod:`deepstate.checks.replicates`).
+            num_samples: ``S`` replicates.
+            statistics: names from :data:`deepstate.checks.STATISTICS`, callables or a mapping
+                (default: :func:`deepstate.checks.default_statistics`).
+            t0: for ``"free"``, steps conditioned on before running free (default 0).
+            num_particles: particles of the filters.
+            seed: seed of the draws (default: the estimator's ``seed``).
+
+        Returns:
+            ``(table, idata)``: ``pandas.DataFrame`` of statistics with Bayesian p-values and the
+            ``arviz.InferenceData`` (see :func:`deepstate.checks.posterior_predictive_check`).
+        """
+        from .checks import posterior_predictive_check
+
+        self._require_fitted()
+        batch = self._prepare(data, "data")
+        return posterior_predictive_check(self.model_, batch, kind=kind, num_samples=num_samples,
+                                          statistics=statistics, standardizer=self.standardizer_,
+                                          seed=self.seed if seed is None else int(seed), t0=t0,
+                                          num_particles=num_particles)
+
     # ------------------------------------------------------------------ persistence
     def save(self, path: Union[str, os.PathLike]) -> None:
         """Write the estimator (arguments, model config, parameters, standardiser, history) to ``path``
