@@ -378,7 +378,7 @@ def _filter_parallel(y, Cm, R_eff, A_eff, Q_eff, b_eff, m0b, P0b, valid):
     J = torch.where(keep, J, zero)
     e = (A_el, b_el, C_el, eta, J)
     # few, small elements: the T log T scan has half the rounds; otherwise the O(T)-work one
-    scan = _scan_hillis_steele if B * T * Z * Z <= 16384 else _scan_blelloch
+    scan = _scan_hillis_steele if B * T * Z * Z <= 4096 else _scan_blelloch
     _, mf, Pf, _, _ = scan(e)
     return mf, Pf
 
