@@ -4,7 +4,9 @@
     deepstate datasets                   list the built-in datasets
     deepstate fit DATA --out MODEL.pt    train an Estimator on a dataset name or a CSV file
     deepstate evaluate MODEL.pt DATA     held-out bound in nats per frame
-    deepstate sample MODEL.pt            generate sequences (CSV on stdout or --out)
+    deepstate sample MODEL.pt            generate sequences (CSV on stdout or --out; --midi DIR for piano rolls)
+    deepstate check MODEL.pt DATA --out DIR [--kind one-step|reconstruction|free] [--num-samples S]
+                                         posterior predictive check: ppc.nc (ArviZ), PNG panels, p-value table
     deepstate forecast MODEL.pt DATA --horizon H --out forecast.csv [--plot fan.png]
     deepstate backtest MODEL.pt DATA --horizon H --origins K --out scores.csv [--plot scores.png]
 
@@ -273,11 +275,40 @@ def _write_atomic(path: str, text: str) -> None:
         raise
 
 
+def _is_piano_roll(est) -> bool:
+    return est.likelihood == "bernoulli" and est.input_dim_ == 88
+
+
+def _prefix_roll(spec: str, data_dir, steps: int, est):
+    """The first ``steps`` frames of the first test sequence of ``spec`` (numpy ``[P, D]``)."""
+    _, test, _ = _load_data(spec, data_dir)
+    if test.dim != est.input_dim_:
+        raise CLIError(f"--prefix: {spec!r} has {test.dim} dimension(s) per step, the model expects {est.input_dim_}")
+    L = min(int(test.lengths[0]), steps)
+    return test.x[0, :L].detach().cpu().numpy().astype("float64")
+
+
 def _cmd_sample(args):
     from deepstate.estimator import Estimator
 
     est = Estimator.load(args.model_path)
-    x = est.sample(args.num_sequences, args.length, seed=args.seed)
+    if args.midi is not None and not _is_piano_roll(est):
+        raise CLIError(f"--midi: needs a piano-roll model (bernoulli likelihood, 88 keys); {args.model_path!r} is "
+                       f"{est.likelihood} with {est.input_dim_} dimension(s)")
+    if args.num_sequences < 1 or args.length < 1:
+        raise CLIError(f"--num-sequences, --length: expected positive ints, got {args.num_sequences}, {args.length}")
+    prefix = None
+    if args.prefix is not None:
+        if args.prefix_steps < 1:
+            raise CLIError(f"--prefix-steps: expected a positive int, got {args.prefix_steps}")
+        prefix = _prefix_roll(args.prefix, args.data_dir, args.prefix_steps, est)
+        x = est.generate(args.num_sequences, args.length, prefix=[prefix], seed=args.seed)[:, 0]
+    else:
+        x = est.sample(args.num_sequences, args.length, seed=args.seed)
+    if args.midi is not None:
+        _write_midi(args.midi, x, prefix, args.frame_seconds)
+        if not args.out:
+            return 0
     rows = [f"{s},{t}," + ",".join(f"{v:.6g}" for v in x[s, t]) for s in range(x.shape[0]) for t in range(x.shape[1])]
     text = "sequence,step," + ",".join(f"x{d}" for d in range(x.shape[2])) + "\n" + "\n".join(rows) + "\n"
     if args.out:
@@ -285,6 +316,97 @@ def _cmd_sample(args):
         print(f"wrote {args.num_sequences} sequences of {args.length} steps to {args.out}")
     else:
         sys.stdout.write(text)
+    return 0
+
+
+def _write_midi(folder: str, x, prefix, frame_seconds: float) -> None:
+    """One MIDI file per sequence (prefix + continuation) and a piano-roll PNG of up to 4 of them."""
+    import numpy as np
+
+    from deepstate.data.midi import piano_roll_to_midi
+    from deepstate.plots import piano_roll
+
+    if not (frame_seconds > 0):
+        raise CLIError(f"--frame-seconds: expected a positive number, got {frame_seconds}")
+    os.makedirs(folder, exist_ok=True)
+    rolls = [(x[i] > 0.5).astype(np.float64) for i in range(x.shape[0])]
+    if prefix is not None:
+        rolls = [np.concatenate([(prefix > 0.5).astype(np.float64), r]) for r in rolls]
+    for i, r in enumerate(rolls):
+        piano_roll_to_midi(r, os.path.join(folder, f"sample_{i}.mid"), frame_seconds=frame_seconds)
+    titles = [f"sample {i}" + (f" (prefix: first {len(prefix)} frames)" if prefix is not None else "")
+              for i in range(min(4, len(rolls)))]
+    piano_roll(rolls[:4], titles=titles, path=os.path.join(folder, "piano_roll.png"), frame_seconds=frame_seconds)
+    print(f"wrote {len(rolls)} MIDI file(s) and piano_roll.png to {folder}")
+
+
+def _to_netcdf_atomic(idata, path: str) -> None:
+    """``InferenceData.to_netcdf`` via a temporary file in the same folder, then rename."""
+    import tempfile
+
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".deepstate-", suffix=".nc.tmp")
+    os.close(fd)
+    try:
+        idata.to_netcdf(tmp)
+        mask = os.umask(0o022)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _rolls_from_idata(idata, sequence: int = 0):
+    """``(data [T, D], replicate [T, D])`` of one sequence from the flattened InferenceData (draw 0)."""
+    import numpy as np
+
+    obs = idata.observed_data["x"]
+    seq = obs["sequence"].values
+    sel = np.flatnonzero(seq == sequence)
+    t, d = obs["time"].values[sel], obs["component"].values[sel]
+    T, D = int(t.max()) + 1, int(idata.observed_data.attrs["num_components"])
+    data, rep = np.zeros((T, D)), np.zeros((T, D))
+    data[t, d] = obs.values[sel]
+    rep[t, d] = idata.posterior_predictive["x"].values[0, 0, sel]
+    return data, rep
+
+
+def _cmd_check(args):
+    import pandas as pd
+
+    from deepstate.estimator import Estimator
+    from deepstate.plots import piano_roll, ppc_panels
+
+    est = Estimator.load(args.model_path)
+    if args.num_samples < 1:
+        raise CLIError(f"--num-samples: expected a positive int, got {args.num_samples}")
+    _, test, _ = _load_data(args.data, args.data_dir)
+    if test.dim != est.input_dim_:
+        raise CLIError(f"data: {args.data!r} has {test.dim} dimension(s) per step, the model expects {est.input_dim_}")
+    if args.max_sequences is not None:
+        if args.max_sequences < 1:
+            raise CLIError(f"--max-sequences: expected a positive int, got {args.max_sequences}")
+        test = test[: args.max_sequences]
+    os.makedirs(args.out, exist_ok=True)
+    table, idata = est.check(test, kind=args.kind, num_samples=args.num_samples, seed=args.seed)
+    _to_netcdf_atomic(idata, os.path.join(args.out, "ppc.nc"))
+    kind_name = {"one-step": "one-step-ahead", "free": "free-running"}.get(args.kind, args.kind)
+    ppc_panels(table, path=os.path.join(args.out, "ppc_panels.png"),
+               title=f"{args.data}: {kind_name} replicates (S = {args.num_samples}) of {test.batch_size} test sequences")
+    written = ["ppc.nc", "ppc_panels.png"]
+    if _is_piano_roll(est):
+        data, rep = _rolls_from_idata(idata, 0)
+        piano_roll([data, rep], titles=["data (test sequence 0)", f"{kind_name} replicate (draw 0)"],
+                   path=os.path.join(args.out, "piano_roll.png"))
+        written.append("piano_roll.png")
+    with pd.option_context("display.max_rows", 200, "display.width", 160, "display.float_format", "{:.4g}".format):
+        print(f"{kind_name} posterior predictive check, S = {args.num_samples}, {test.batch_size} sequences "
+              f"(p = P(T_rep >= T_obs); near 0 or 1 flags a misfit)")
+        print(table.to_string())
+    print(f"wrote {', '.join(written)} to {args.out}")
     return 0
 
 
@@ -329,13 +451,41 @@ def _parser():
     e.add_argument("--num-particles", type=int, default=128)
     e.set_defaults(func=_cmd_evaluate)
 
-    g = sub.add_parser("sample", help="generate sequences from a saved model")
+    g = sub.add_parser("sample", help="generate sequences from a saved model",
+                       epilog="examples: deepstate sample sunspots.pt --num-sequences 3 --length 40 --out s.csv\n"
+                              "          deepstate sample jsb.pt --num-sequences 4 --length 64 --midi chorales/ "
+                              "--prefix jsb_chorales --prefix-steps 16",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     g.add_argument("model_path")
     g.add_argument("--num-sequences", type=int, default=1)
     g.add_argument("--length", type=int, default=50)
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--out", default=None, help="CSV file (default: stdout)")
+    g.add_argument("--out", default=None, help="CSV file (default: stdout, unless --midi is given)")
+    g.add_argument("--midi", default=None, metavar="DIR",
+                   help="piano-roll models: write sample_<i>.mid per sequence and piano_roll.png into DIR")
+    g.add_argument("--prefix", default=None, metavar="DATA",
+                   help="continue the first test sequence of DATA (dataset name or CSV) instead of sampling afresh")
+    g.add_argument("--prefix-steps", type=int, default=16, help="steps of the prefix to continue (default 16)")
+    g.add_argument("--frame-seconds", type=float, default=0.5, help="MIDI seconds per frame (default 0.5)")
     g.set_defaults(func=_cmd_sample)
+
+    ck = sub.add_parser("check", help="posterior predictive check of a saved model on DATA's test split",
+                        description="Replicate DATA's test split from the model (one-step-ahead, reconstruction or "
+                                    "free-running), compare test statistics with Bayesian p-values, and write "
+                                    "DIR/ppc.nc (ArviZ InferenceData), DIR/ppc_panels.png and, for piano rolls, "
+                                    "DIR/piano_roll.png.",
+                        epilog="example: deepstate check jsb.pt jsb_chorales --out ppc/ --kind free --num-samples 50",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    ck.add_argument("model_path")
+    ck.add_argument("data", help="dataset name or CSV file (its test split is checked)")
+    ck.add_argument("--out", required=True, metavar="DIR", help="output folder (created)")
+    ck.add_argument("--kind", default="one-step", choices=["one-step", "reconstruction", "free"],
+                    help="replicate kind (default one-step)")
+    ck.add_argument("--num-samples", type=int, default=100, help="replicates S (default 100)")
+    ck.add_argument("--max-sequences", type=int, default=None,
+                    help="check only the first N test sequences (memory: S x N x T x D values)")
+    ck.add_argument("--seed", type=int, default=0)
+    ck.set_defaults(func=_cmd_check)
 
     fc = sub.add_parser("forecast", help="forecast beyond the end of a series with intervals",
                         description="Forecast H steps beyond the end of DATA (a dataset name or a CSV with a time "
