@@ -107,7 +107,10 @@ def ppc_panels(
     axes.flat[0].legend(fontsize=8, loc="best")
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
+        # leave room for the title above the first row of panel titles (0.45 inch)
+        fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / fig.get_figheight()))
+    else:
+        fig.tight_layout()
     if path is not None:
         save_figure(fig, path)
     return fig
