@@ -251,3 +251,27 @@ def test_rollout_observations_log_predictive_matches_kalman():
     assert abs(float(res.log_predictive.sum() - exact.detach())) < 0.3
     with pytest.raises(ValueError, match="horizon"):
         rollout(lsm.ssm, state, 0)
+
+
+def test_windows_and_splits_carry_their_absolute_position():
+    """Windows and split pieces record where they start, so a seasonal model sees the true phase."""
+    from deepstate.data import split_series
+    from deepstate.estimator import _windows
+
+    b = from_numpy(np.arange(20.0))
+    w = _windows(b, 6, 4)
+    assert w.offset.tolist() == [0, 4, 8, 12]
+    parts = split_series(b, valid_fraction=0.0, test_fraction=0.25)
+    assert parts["test"].offset.tolist() == [15]
+    lsm = build("deepstate", 1, "gaussian", season_length=4)
+    whole = lsm.ssm.features(b)["a"][0]
+    for k, start in enumerate([0, 4, 8, 12]):
+        assert torch.equal(lsm.ssm.features(w[k])["a"][0], whole[start:start + 6])
+    # a forecast from a split piece continues the phase of the whole series
+    test = parts["test"]
+    fc_piece = forecast(lsm, test.to(torch.float32), 3, method="exact")
+    from deepstate.forecasting.forecast import _extend
+
+    e = _extend(test, 3, None)
+    assert torch.equal(lsm.ssm.features(e)["a"][0, 5:8], lsm.ssm.features(from_numpy(np.arange(23.0)))["a"][0, 20:23])
+    assert fc_piece.mean.shape == (1, 3, 1)

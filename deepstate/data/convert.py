@@ -459,6 +459,9 @@ def concat_batches(batches: Sequence[SequenceBatch]) -> SequenceBatch:
     names = None
     if all(b.names is not None for b in batches):
         names = [n for b in batches for n in b.names]
+    offset = None  # absolute start positions (windows, chunks): kept when any batch has them, 0 elsewhere
+    if any(b.offset is not None for b in batches):
+        offset = torch.cat([b.offset if b.offset is not None else torch.zeros_like(b.lengths) for b in batches])
     return SequenceBatch(
         x=cat("x"),
         valid=cat("valid"),
@@ -467,6 +470,7 @@ def concat_batches(batches: Sequence[SequenceBatch]) -> SequenceBatch:
         u=None if first.u is None else cat("u"),
         index=index,
         names=names,
+        offset=offset,
     )
 
 

@@ -203,8 +203,9 @@ def _single_series(series: Any, name: str) -> SequenceBatch:
 
 
 def _slice_time(b: SequenceBatch, start: int, stop: int) -> SequenceBatch:
-    """Steps ``start:stop`` of a one-sequence batch (all valid)."""
+    """Steps ``start:stop`` of a one-sequence batch (all valid); ``offset`` records the absolute start."""
     L = stop - start
+    base = b.offset if b.offset is not None else torch.zeros_like(b.lengths)
     return dataclasses.replace(
         b,
         x=b.x[:, start:stop].clone(),
@@ -214,6 +215,7 @@ def _slice_time(b: SequenceBatch, start: int, stop: int) -> SequenceBatch:
         u=None if b.u is None else b.u[:, start:stop].clone(),
         index=None if b.index is None else [None if ix is None else ix[start:stop] for ix in b.index],
         names=None if b.names is None else list(b.names),
+        offset=base + start,
     )
 
 

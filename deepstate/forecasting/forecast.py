@@ -179,7 +179,7 @@ def _extend(batch: SequenceBatch, horizon: int, u_future: Optional[torch.Tensor]
         u[:, :T] = batch.u
         for b in range(B):
             u[b, int(L[b]): int(L[b]) + horizon] = u_future[b]
-    return SequenceBatch(x=x, valid=valid, observed=observed, lengths=L + horizon, u=u)
+    return SequenceBatch(x=x, valid=valid, observed=observed, lengths=L + horizon, u=u, offset=batch.offset)
 
 
 def _check_covariates(lsm, batch: SequenceBatch, covariates, horizon: int):

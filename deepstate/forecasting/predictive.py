@@ -52,7 +52,8 @@ def join_histories(history: SequenceBatch, future: SequenceBatch) -> SequenceBat
         xs.append(torch.where(o, x, torch.full_like(x, float("nan"))))
         if history.u is not None:
             us.append(torch.cat([history.u[b, :Lh], future.u[b, :Lf].to(history.u)]))
-    return SequenceBatch.from_sequences(xs, covariates=us or None, dtype=history.x.dtype)
+    joined = SequenceBatch.from_sequences(xs, covariates=us or None, dtype=history.x.dtype)
+    return dataclasses.replace(joined, offset=history.offset)
 
 
 @dataclasses.dataclass
