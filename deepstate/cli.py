@@ -47,7 +47,8 @@ def read_series_csv(path: str):
         raise CLIError(f"data: {path!r} has no rows or no columns")
     first = df.columns[0]
     is_time = str(first).strip().lower() in _TIME_NAMES
-    if not is_time and df[first].dtype == object:
+    textual = lambda c: c.dtype == object or pd.api.types.is_string_dtype(c.dtype)  # noqa: E731
+    if not is_time and textual(df[first]):
         import warnings
 
         with warnings.catch_warnings():
@@ -56,7 +57,7 @@ def read_series_csv(path: str):
         is_time = bool(parsed.notna().all())
     if is_time:
         col = df[first]
-        if col.dtype == object:
+        if textual(col):
             import warnings
 
             with warnings.catch_warnings():

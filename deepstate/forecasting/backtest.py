@@ -258,6 +258,11 @@ def backtest(
         if b not in BASELINES:
             raise ValueError(f"baselines: unknown baseline {b!r}; expected some of {BASELINES}")
     train_end = min(origins)
+    if "seasonal_naive" in baselines and season and train_end <= season:
+        raise ValueError(f"origins: the seasonal naive baseline needs more than one season ({season} steps) of "
+                         f"history; the first origin is {train_end}")
+    if train_end < 2:
+        raise ValueError(f"origins: the baselines need at least 2 steps of history before the first origin, got {train_end}")
     insample = y[:train_end]
     actual = np.stack([y[o:o + horizon] for o in origins])  # [K, H, D]
     labels = [index[o] for o in origins]

@@ -249,6 +249,9 @@ def forecast(
         raise TypeError(f"history: expected a SequenceBatch, got {type(history).__name__}")
     if history.dim != lsm.x_dim:
         raise ValueError(f"history: expected {lsm.x_dim} dimension(s) per step (as fitted), got {history.dim}")
+    empty = (~(history.observed & history.valid[..., None]).any(-1).any(-1)).nonzero().flatten().tolist()
+    if empty:
+        raise ValueError(f"history: sequence(s) {empty} have no observed value; a forecast needs at least one")
     horizon, S = int(horizon), int(num_samples)
     ref = next(lsm.parameters())
     batch = history.to(device=ref.device, dtype=ref.dtype)
