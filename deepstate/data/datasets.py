@@ -27,9 +27,9 @@ import torch
 
 from .batch import SequenceBatch
 from .convert import from_pandas
-from .files import find_data_file
+from .files import data_file_candidates, find_data_file
 
-__all__ = ["TimeSeriesDataset", "list_datasets", "load_dataset"]
+__all__ = ["TimeSeriesDataset", "dataset_location", "list_datasets", "load_dataset"]
 
 
 @dataclasses.dataclass
@@ -140,3 +140,42 @@ def load_dataset(
     batch = from_pandas(df, as_multivariate=True, dtype=dtype)
     batch.names = [name]
     return TimeSeriesDataset(name=name, data=df, batch=batch, frequency=freq, description=desc, columns=list(df.columns))
+
+
+def dataset_location(name: str, data_dir: Optional[Any] = None) -> str:
+    """Where dataset ``name`` comes from, in one line, without downloading anything.
+
+    ``"built in (statsmodels)"`` for the statsmodels series; for a file-based dataset
+    (``lynx_hare``, ``jsb_chorales``) the path :func:`~deepstate.data.files.find_data_file` resolves
+    (sha256-checked), or ``"not found; looked in: ..."`` naming ``data_dir``, ``$DEEPSTATE_DATA`` and
+    the user cache, or ``"<path> (sha256 mismatch: ...)"`` for a corrupt copy.
+    """
+    from .files import ChecksumError
+    from .music import POLYPHONIC_DATASETS
+
+    if name in ("sunspots", "co2"):
+        return "built in (statsmodels)"
+    if name == "lynx_hare":
+        filename, sha = LYNX_HARE_FILE, LYNX_HARE_SHA256
+    elif name in POLYPHONIC_DATASETS:
+        filename, sha = POLYPHONIC_DATASETS[name][0], POLYPHONIC_DATASETS[name][1]
+    else:
+        raise ValueError(f"name: expected one of {list_datasets() + sorted(POLYPHONIC_DATASETS)}, got {name!r}")
+    try:
+        path, _ = find_data_file(filename, data_dir=data_dir, sha256=sha, download=False)
+    except FileNotFoundError:
+        import os
+
+        from .files import DATA_ENV
+
+        looked = [f"{label} {p}" for label, p in data_file_candidates(filename, data_dir)]
+        if data_dir is None:
+            looked.insert(0, "data_dir (not given)")
+        if not os.environ.get(DATA_ENV):
+            looked.insert(1, f"${DATA_ENV} (not set)")
+        looked = "; ".join(looked)
+        return f"not found; looked in: {looked}"
+    except ChecksumError:
+        path = next(p for _, p in data_file_candidates(filename, data_dir) if p.is_file())
+        return f"{path} (sha256 mismatch: corrupt or not the expected file)"
+    return str(path)

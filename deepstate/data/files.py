@@ -28,6 +28,7 @@ __all__ = [
     "ChecksumError",
     "RestrictedUnpickler",
     "cache_dir",
+    "data_file_candidates",
     "find_data_file",
     "numpy_scalar_globals",
     "restricted_loads",
@@ -98,6 +99,12 @@ def _candidates(filename: str, data_dir: Optional[PathLike]) -> list:
         out.append((f"${DATA_ENV}", Path(env).expanduser() / filename))
     out.append(("user cache", cache_dir() / filename))
     return out
+
+
+def data_file_candidates(filename: str, data_dir: Optional[PathLike] = None) -> list:
+    """Where :func:`find_data_file` looks for ``filename``, in order: ``[(label, Path), ...]``
+    (``data_dir``, ``$DEEPSTATE_DATA`` when set, the user cache)."""
+    return _candidates(filename, data_dir)
 
 
 def _download(url: str, dest: Path, sha256: Optional[str], timeout: float) -> None:

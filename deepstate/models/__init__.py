@@ -119,6 +119,38 @@ _HYPER = {
 }
 
 
+_NONNEG_INTS = {"u_dim", "season_length"}
+_POS_FLOATS = {"min_scale", "min_variance"}
+_BOOLS = {"augmented", "resq", "trend", "full_R"}  # orthogonal also takes "parametrize": checked by the models
+
+
+def _check_hyper(hyper: dict) -> None:
+    """Type and range of the numeric and boolean hyperparameters: a ``ValueError`` naming the bad one.
+
+    Widths (``*_dim`` except ``u_dim``) are positive ints; ``u_dim`` and ``season_length`` are
+    non-negative ints; ``min_scale`` and ``min_variance`` are positive finite numbers; switches are bools.
+    """
+    import math
+
+    import numpy as np
+
+    for key, value in hyper.items():
+        is_int = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+        if key in _NONNEG_INTS:
+            if not is_int or value < 0:
+                raise ValueError(f"{key}: expected a non-negative int, got {value!r}")
+        elif key.endswith("_dim"):
+            if not is_int or value < 1:
+                raise ValueError(f"{key}: expected a positive int, got {value!r}")
+        elif key in _POS_FLOATS:
+            ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+            if not ok or not math.isfinite(float(value)) or float(value) <= 0:
+                raise ValueError(f"{key}: expected a positive finite number, got {value!r}")
+        elif key in _BOOLS:
+            if not isinstance(value, (bool, np.bool_)):
+                raise ValueError(f"{key}: expected a bool (true or false), got {value!r}")
+
+
 def _accepted(key):
     return _HYPER["dkf" if key == "dmm" else key]
 
@@ -154,6 +186,7 @@ def build(name: str, input_dim: int, likelihood: str = "gaussian", guide: str = 
         raise ValueError(f"hyper: unknown hyperparameters {sorted(unknown)} for {key!r}; expected some of {sorted(_accepted(key))}")
     if not isinstance(input_dim, int) or input_dim < 1:
         raise ValueError(f"input_dim: expected a positive int, got {input_dim!r}")
+    _check_hyper(hyper)
     ssm, g = MODELS[key](input_dim, likelihood, guide, dict(hyper))
     lsm = LatentSequenceModel(ssm, g, name=key)
     lsm.config = dict(name=key, input_dim=input_dim, likelihood=likelihood, guide=guide, **hyper)
