@@ -26,6 +26,7 @@ __all__ = [
     "minibatch_indices",
     "minibatches",
     "padding_fraction",
+    "shard_minibatch_indices",
     "sliding_windows",
     "split_series",
 ]
@@ -91,6 +92,32 @@ def minibatch_indices(
     if bucket_by_length and shuffle:
         batches = [batches[i] for i in rng.permutation(len(batches))]
     return [np.asarray(b, dtype=np.int64) for b in batches]
+
+
+def shard_minibatch_indices(batches: Sequence[np.ndarray], rank: int, world_size: int) -> List[np.ndarray]:
+    """Rank ``rank``'s share of each global minibatch, for data-parallel training.
+
+    Every rank computes the same global minibatches (e.g. :func:`minibatch_indices` with batch size
+    ``world_size * b``, bucketed and seeded by epoch) and keeps positions ``rank, rank + world_size,
+    ...`` of each: the ranks' pieces of a bucketed batch have similar lengths, their union is the
+    global batch, and every rank gets one piece per global batch, so all ranks take the same number
+    of steps. A piece may be empty (a last batch with fewer than ``world_size`` sequences); the
+    rank then contributes nothing to that step but must still take part in it.
+
+    Args:
+        batches: the global minibatches (int index arrays), identical on every rank.
+        rank: ``0 <= rank < world_size``.
+        world_size: number of ranks.
+
+    Returns:
+        list of int64 index arrays, one per global batch (possibly empty).
+    """
+    for name, v in (("world_size", world_size), ("rank", rank)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+            raise TypeError(f"{name}: expected an int, got {type(v).__name__}")
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank, world_size: expected 0 <= rank < world_size, got {rank}, {world_size}")
+    return [np.asarray(b, dtype=np.int64)[rank::world_size] for b in batches]
 
 
 def minibatches(

@@ -41,6 +41,15 @@ valid step in a chunk are dropped from it (they have ended: padding is at the en
 and guide encodings (e.g. a backward RNN) see only the current chunk. With ``k >= T`` it is exactly
 full backpropagation.
 
+**Data parallel** (``torchrun --nproc_per_node=K``; see :mod:`deepstate.inference.distributed`):
+the trainer initialises torch.distributed itself (``gloo`` on CPU, ``nccl`` on CUDA); each global
+step takes a minibatch of ``K * batch_size`` sequences (the single-process minibatch of that size,
+same bucketing and seed), every rank computes the loss of its ``1/K`` share, gradients are averaged
+with one all-reduce, and the normaliser becomes ``c = frames / (K * steps per epoch)``, so that
+``K`` ranks x ``batch_size`` update the parameters as one process with ``K * batch_size`` does.
+Rank 0 alone writes metrics and checkpoints; a checkpoint holds every rank's RNG state and every
+rank resumes from it; validation bounds are summed over ranks' shares of the split.
+
 Example:
     >>> lsm = build("dkf", 88, "bernoulli", z_dim=32, rnn_dim=64)                  # doctest: +SKIP
     >>> trainer = Trainer(lsm, objective="fivo", num_particles=4, checkpoint_dir="runs/dkf")  # doctest: +SKIP
@@ -66,8 +75,9 @@ import torch
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 
 from ..data import SequenceBatch, SequenceDataset
-from ..data.loader import minibatch_indices
+from ..data.loader import minibatch_indices, shard_minibatch_indices
 from ..models.base import LatentSequenceModel
+from . import distributed as _dist
 from .annealing import KLAnnealing, as_annealing
 from .checkpoint import CHECKPOINT_NAME, atomic_save, get_rng_state, load_checkpoint, set_rng_state
 from .evaluation import _pos_int, evaluate
@@ -87,6 +97,7 @@ __all__ = [
 TRAINING_OBJECTIVES = ("elbo", "meanfield_elbo", "particle_elbo", "iwae", "fivo")
 PYRO_OBJECTIVES = ("elbo", "meanfield_elbo")
 CHECKPOINT_FORMAT = "deepstate.trainer_checkpoint"
+_RANK_TAG = 0x5EED  # keys per-rank RNG seeds apart from the validation seeds
 
 
 class TrainingDiverged(RuntimeError):
@@ -227,6 +238,10 @@ class Trainer:
             training objective's particle version, i.e. ``"elbo"`` for the Pyro ELBOs, and its
             ``num_particles``).
         valid_batch_size: sequences per validation pass (default ``batch_size``).
+        distributed: ``None`` (default): data-parallel over all ranks when launched by ``torchrun``
+            with ``WORLD_SIZE > 1`` (or when a multi-rank process group is already initialised);
+            ``False``: an ordinary single-process trainer even then; ``True``: require it.
+            ``batch_size`` is then *per rank*; see the module docstring.
 
     Attributes:
         history: list of per-epoch dicts (``epoch``, ``train_loss`` (the *mean* of the epoch's
@@ -269,6 +284,7 @@ class Trainer:
         valid_objective: Optional[str] = None,
         valid_num_particles: Optional[int] = None,
         valid_batch_size: Optional[int] = None,
+        distributed: Optional[bool] = None,
     ):
         if not isinstance(lsm, LatentSequenceModel):
             raise TypeError(f"lsm: expected a LatentSequenceModel (from deepstate.models.build), got {type(lsm).__name__}")
@@ -309,7 +325,13 @@ class Trainer:
             raise ValueError(
                 f"tbptt: truncated BPTT needs a particle objective ('particle_elbo', 'iwae', 'fivo'), got {objective!r}"
             )
-        self.device = resolve_device(device)
+        if distributed not in (None, True, False):
+            raise TypeError(f"distributed: expected None, True or False, got {distributed!r}")
+        self.device = resolve_device(_dist.rank_device(device) if distributed is not False else device)
+        # torch.distributed is only touched under a multi-process launch (or when asked for)
+        self._dist = _dist.setup(self.device, distributed)
+        self.rank = 0 if self._dist is None else self._dist.rank
+        self.world_size = 1 if self._dist is None else self._dist.world_size
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
             raise ValueError(f"seed: expected a non-negative int, got {seed!r}")
         self.seed = int(seed)
@@ -367,19 +389,35 @@ class Trainer:
         return None if self.checkpoint_dir is None else self.checkpoint_dir / CHECKPOINT_NAME
 
     def _settings(self) -> dict:
-        return {
+        out = {
             "objective": self.objective_name, "num_particles": self.num_particles, "lr": self.lr,
             "clip_norm": self.clip_norm, "lr_decay": self.lr_decay, "batch_size": self.batch_size,
             "bucket_by_length": self.bucket_by_length, "tbptt": self.tbptt, "seed": self.seed,
             "annealing": None if self.annealing is None else {"start": self.annealing.start,
                                                              "warmup_steps": self.annealing.warmup_steps},
         }
+        if self.world_size > 1:  # single-process checkpoints keep their old settings
+            out["world_size"] = self.world_size
+        return out
+
+    def global_epoch_batches(self, train: SequenceBatch, epoch: int) -> List[np.ndarray]:
+        """Sequence indices of every *global* minibatch of ``epoch`` (``world_size * batch_size``
+        sequences, over all ranks): a function of ``(seed, epoch, world_size)`` only."""
+        rng = np.random.default_rng([self.seed, int(epoch)])
+        return minibatch_indices(train.lengths, self.batch_size * self.world_size, shuffle=True, seed=rng,
+                                 bucket_by_length=self.bucket_by_length)
 
     def epoch_batches(self, train: SequenceBatch, epoch: int) -> List[np.ndarray]:
-        """Sequence indices of every minibatch of ``epoch``: a function of ``(seed, epoch)`` only."""
-        rng = np.random.default_rng([self.seed, int(epoch)])
-        return minibatch_indices(train.lengths, self.batch_size, shuffle=True, seed=rng,
-                                 bucket_by_length=self.bucket_by_length)
+        """This rank's sequence indices of every minibatch of ``epoch``: a function of ``(seed, epoch)``
+        only (in a single process, the global minibatches; under torch.distributed, this rank's share
+        of each, possibly empty, see :func:`~deepstate.data.loader.shard_minibatch_indices`)."""
+        batches = self.global_epoch_batches(train, epoch)
+        if self.world_size == 1:
+            return batches
+        return shard_minibatch_indices(batches, self.rank, self.world_size)
+
+    def _rank_seed(self, *keys) -> int:
+        return int(np.random.SeedSequence([self.seed, *[int(k) for k in keys]]).generate_state(1)[0])
 
     def _valid_seed(self, epoch: int) -> int:
         return int(np.random.SeedSequence([self.seed, int(epoch), 1]).generate_state(1)[0])
@@ -403,7 +441,7 @@ class Trainer:
         self.optimizer.load_state_dict(snap["optimizer"])
 
     def _log(self, record: dict) -> None:
-        if self.metrics_path is None:
+        if self.metrics_path is None or self.rank != 0:
             return
         self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
         rec = {k: _finite_or_none(v) for k, v in record.items()}
@@ -435,8 +473,33 @@ class Trainer:
         loss, result = self._objective.loss(self.lsm, mb, self.normalizer, initial_state=initial_state)
         return loss, float(result.log_z.detach().sum()), result
 
+    def _zero_loss(self) -> torch.Tensor:
+        """The loss of an empty share (distributed: this rank has no sequence in this step)."""
+        return torch.zeros((), device=self.device, dtype=self.dtype)
+
+    def _backward_and_step_distributed(self, loss: torch.Tensor) -> Tuple[bool, float]:
+        """Backward, average the gradients over ranks, clip, step; every rank takes the same decision."""
+        finite = bool(torch.isfinite(loss.detach()))
+        self.optimizer.zero_grad(set_to_none=True)
+        if finite and loss.requires_grad:
+            loss.backward()
+        params = list(self.lsm.parameters())
+        if _dist.allreduce_gradients(self._dist, params, local_bad=not finite):
+            self.optimizer.zero_grad(set_to_none=True)
+            return False, math.nan
+        params = [p for p in params if p.grad is not None]
+        if not params:
+            return True, 0.0
+        norm = float(torch.nn.utils.clip_grad_norm_(params, self.clip_norm if self.clip_norm is not None else math.inf))
+        if not math.isfinite(norm):
+            return False, norm
+        self.optimizer.step()
+        return True, norm
+
     def _backward_and_step(self, loss: torch.Tensor) -> Tuple[bool, float]:
         """Backward, clip, step. Returns ``(ok, grad_norm)``; nothing is stepped when not ok."""
+        if self._dist is not None:
+            return self._backward_and_step_distributed(loss)
         if not bool(torch.isfinite(loss.detach())):
             return False, math.nan
         self.optimizer.zero_grad(set_to_none=True)
@@ -451,30 +514,46 @@ class Trainer:
         self.optimizer.step()
         return True, norm
 
-    def _train_batch(self, mb: SequenceBatch) -> dict:
-        """One minibatch (all its TBPTT chunks). Returns the step record; rolls back on failure."""
+    def _train_batch(self, mb: Optional[SequenceBatch], max_length: Optional[int] = None) -> dict:
+        """One minibatch (all its TBPTT chunks). Returns the step record; rolls back on failure.
+
+        Distributed: ``mb`` is this rank's share (``None`` if empty) and ``max_length`` the longest
+        sequence of the global minibatch, so every rank runs the same number of TBPTT chunks; the
+        record's loss, bound and frames are the global minibatch's."""
         snap = self._snapshot()
         factor = 1.0 if self.annealing is None else float(self.annealing.factor)
         ok, norms, loss_total, bound_total = True, [], 0.0, 0.0
         if self.tbptt is None:
-            loss, bound, _ = self._forward(mb)
+            if mb is None:
+                loss, bound = self._zero_loss(), 0.0
+            else:
+                loss, bound, _ = self._forward(mb)
             ok, norm = self._backward_and_step(loss)
             norms.append(norm)
             loss_total, bound_total = float(loss.detach()), bound
         else:
+            T = mb.max_length if max_length is None else int(max_length)
             state, prev_rows = None, None
-            for chunk, rows in iterate_chunks(mb, self.tbptt):
-                init = None
-                if state is not None:
-                    init = select_state(state, torch.searchsorted(prev_rows, rows))
-                loss, bound, result = self._forward(chunk, init)
+            for t0 in range(0, T, self.tbptt):
+                chunk, rows = (None, None) if mb is None or t0 >= mb.max_length else \
+                    time_slice(mb, t0, t0 + self.tbptt)
+                if chunk is None:
+                    if self._dist is None:
+                        break  # every sequence has ended
+                    loss, bound, result = self._zero_loss(), 0.0, None  # still join the all-reduce
+                else:
+                    init = None
+                    if state is not None:
+                        init = select_state(state, torch.searchsorted(prev_rows, rows))
+                    loss, bound, result = self._forward(chunk, init)
                 ok, norm = self._backward_and_step(loss)
                 norms.append(norm)
                 loss_total += float(loss.detach())
                 bound_total += bound
                 if not ok:
                     break
-                state, prev_rows = result.state, rows
+                if result is not None:
+                    state, prev_rows = result.state, rows
         if ok and not _params_finite(self.lsm):
             ok = False
         if not ok:
@@ -482,11 +561,16 @@ class Trainer:
         elif self.annealing is not None:
             self.annealing.step()
         finite_norms = [n for n in norms if math.isfinite(n)]
+        frames = 0 if mb is None else mb.num_frames
+        if self._dist is not None:  # the global minibatch's numbers (the loss: as one process would report it)
+            loss_total, bound_total, frames = _dist.allreduce_sum(self._dist, [loss_total, bound_total, frames])
+            loss_total /= self.world_size
+            frames = int(round(frames))
         return {
             "ok": ok,
             "loss": loss_total,
             "bound": bound_total,
-            "frames": mb.num_frames,
+            "frames": frames,
             "annealing": factor,
             "grad_norm": max(finite_norms) if len(finite_norms) == len(norms) else math.nan,
         }
@@ -519,11 +603,23 @@ class Trainer:
         }
 
     def save_checkpoint(self, path: Union[None, str, os.PathLike] = None) -> Path:
-        """Write :meth:`state_dict` atomically to ``path`` (default :attr:`checkpoint_path`)."""
+        """Write :meth:`state_dict` atomically to ``path`` (default :attr:`checkpoint_path`).
+
+        Under torch.distributed every rank must call it (it gathers every rank's RNG state into the
+        file); rank 0 writes, and all ranks return once the file is written."""
         path = path if path is not None else self.checkpoint_path
         if path is None:
             raise ValueError("path: no path given and the trainer has no checkpoint_dir")
-        return atomic_save(self.state_dict(), path)
+        state = self.state_dict()
+        if self._dist is None:
+            return atomic_save(state, path)
+        # distributed: a collective (every rank must call it); rank 0 writes every rank's RNG state
+        state["rng_ranks"] = _dist.all_gather_object(self._dist, state["rng"])
+        state["world_size"] = self.world_size
+        if self.rank == 0:
+            atomic_save(state, path)
+        _dist.barrier(self._dist)
+        return Path(path)
 
     def load_state_dict(self, state: dict, restore_rng: bool = True) -> None:
         """Restore a :meth:`state_dict` (from :meth:`save_checkpoint`). The model's configuration must
@@ -553,7 +649,15 @@ class Trainer:
         self._accum = dict(state["accum"])
         self.history = list(state["history"])
         if restore_rng:
-            set_rng_state(state["rng"], self.device)
+            rng, ranks = state["rng"], state.get("rng_ranks")
+            if ranks is not None and len(ranks) == self.world_size:
+                rng = ranks[self.rank]
+            elif self.rank > 0:  # saved by fewer ranks: give this rank its own stream
+                rng = None
+            if rng is not None:
+                set_rng_state(rng, self.device)
+            else:
+                pyro.set_rng_seed(self._rank_seed(_RANK_TAG, self.rank, self.global_step))
         self._started = True
 
     def load_checkpoint(self, path: Union[None, str, os.PathLike] = None, restore_rng: bool = True) -> None:
@@ -580,6 +684,28 @@ class Trainer:
         if data.num_frames == 0:
             raise ValueError(f"{name}: has no valid steps")
         return data
+
+    def _resume_state(self) -> Optional[dict]:
+        """The checkpoint to resume from, or ``None``. Distributed: rank 0 reads it and broadcasts
+        it, so every rank resumes from the same state (no shared file system needed)."""
+        if self.checkpoint_path is None:
+            return None
+        if self._dist is None:
+            if not self.checkpoint_path.is_file():
+                return None
+            return load_checkpoint(self.checkpoint_path, map_location=self.device, kind=CHECKPOINT_FORMAT)
+        box = None
+        if self.rank == 0 and self.checkpoint_path.is_file():
+            try:
+                box = ("ok", load_checkpoint(self.checkpoint_path, map_location="cpu", kind=CHECKPOINT_FORMAT))
+            except Exception as err:  # tell the other ranks instead of leaving them waiting
+                box = ("error", f"{type(err).__name__}: {err}")
+        box = _dist.broadcast_object(self._dist, box)
+        if box is None:
+            return None
+        if box[0] == "error":
+            raise ValueError(f"checkpoint: rank 0 could not read {str(self.checkpoint_path)!r}: {box[1]}")
+        return box[1]
 
     def fit(
         self,
@@ -627,26 +753,34 @@ class Trainer:
         n_batches = len(minibatch_indices(train.lengths, self.batch_size, shuffle=False))
         fingerprint = {"num_sequences": train.batch_size, "frames": train.num_frames, "dim": train.dim,
                        "num_batches": n_batches}
-        if not self._started and resume and self.checkpoint_path is not None and self.checkpoint_path.is_file():
-            state = load_checkpoint(self.checkpoint_path, map_location=self.device, kind=CHECKPOINT_FORMAT)
+        state = self._resume_state() if not self._started and resume else None
+        if state is not None:
             saved = state.get("data")
             if saved is not None and saved != fingerprint:
                 raise ValueError(f"train: differs from the checkpointed run's data ({saved} saved, {fingerprint} "
                                  f"now); use another checkpoint_dir or resume=False")
             self.load_state_dict(state)
         elif not self._started:
-            pyro.set_rng_seed(self.seed)
+            pyro.set_rng_seed(self.seed if self.rank == 0 else self._rank_seed(_RANK_TAG, self.rank))
+            if self._dist is not None:  # every rank starts from rank 0's parameters
+                _dist.broadcast_module(self._dist, self.lsm)
             self._started = True
         if self._live_model_state is not None:  # a previous fit restored the best epoch: go on from the last
             self.lsm.load_state_dict(self._live_model_state)
             self._live_model_state = None
         self._data_fingerprint = fingerprint
-        self.normalizer = train.num_frames / n_batches
+        if self.world_size == 1:
+            self.normalizer = train.num_frames / n_batches
+        else:  # frames / (local minibatches per epoch over all ranks): averaged gradients = one process's
+            n_global = len(minibatch_indices(train.lengths, self.batch_size * self.world_size, shuffle=False))
+            self.normalizer = train.num_frames / (self.world_size * n_global)
         self.lsm.train()
 
         stop = False
         while self.epoch < epochs and not stop and not self.stopped_early:
-            batches = self.epoch_batches(train, self.epoch)
+            global_batches = self.global_epoch_batches(train, self.epoch)
+            batches = global_batches if self.world_size == 1 else \
+                shard_minibatch_indices(global_batches, self.rank, self.world_size)
             bar = self._progress_bar(len(batches))
             try:
                 while self.step_in_epoch < len(batches):
@@ -655,13 +789,18 @@ class Trainer:
                         break
                     t_start = time.perf_counter()
                     idx = batches[self.step_in_epoch]
-                    mb = self._to_device(train[idx.tolist()])
-                    out = self._train_batch(mb)
+                    mb = self._to_device(train[idx.tolist()]) if len(idx) else None
+                    max_length = None if self.world_size == 1 else \
+                        int(train.lengths[torch.as_tensor(global_batches[self.step_in_epoch])].max())
+                    out = self._train_batch(mb, max_length)
                     record = self._after_step(out, time.perf_counter() - t_start)
                     if bar is not None:
                         bar.update(1)
                         bar.set_postfix(loss=f"{record['loss']:.4g}", bound=f"{record['bound_per_frame']:.4g}")
-                    if callback is not None and callback(self, record):
+                    stop_now = callback is not None and bool(callback(self, record))
+                    if callback is not None and self._dist is not None:  # stop on every rank, or on none
+                        stop_now = _dist.allreduce_sum(self._dist, [float(stop_now)])[0] > 0
+                    if stop_now:
                         stop = True
                         break
             finally:
@@ -678,7 +817,7 @@ class Trainer:
         return self.history
 
     def _progress_bar(self, total: int):
-        if not self.progress or not sys.stderr.isatty():
+        if not self.progress or self.rank != 0 or not sys.stderr.isatty():
             return None
         from tqdm import tqdm
 
@@ -740,8 +879,12 @@ class Trainer:
         }
         self.scheduler.step()
         if valid is not None:
-            res = evaluate(self.lsm, valid, objective=self.valid_objective, num_particles=self.valid_num_particles,
-                           batch_size=self.valid_batch_size, seed=self._valid_seed(self.epoch))
+            kw = dict(objective=self.valid_objective, num_particles=self.valid_num_particles,
+                      batch_size=self.valid_batch_size, seed=self._valid_seed(self.epoch))
+            if self._dist is None:
+                res = evaluate(self.lsm, valid, **kw)
+            else:  # each rank scores its share; the bound is summed over ranks (the same on all)
+                res = _dist.evaluate_distributed(self._dist, self.lsm, valid, **kw)
             self.lsm.train()
             vb = res["nats_per_frame"]
             entry["valid_bound"] = vb
