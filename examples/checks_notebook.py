@@ -62,8 +62,7 @@ from deepstate.plots.checks import ppc_panels
 FAST = os.environ.get("DEEPSTATE_FAST", "") not in ("", "0")
 OUT = Path(os.environ.get("DEEPSTATE_OUT", "notebook-out/checks"))
 OUT.mkdir(parents=True, exist_ok=True)
-if FAST:
-    torch.set_num_threads(1)
+torch.set_num_threads(1)  # small tensors: extra intra-op threads only add overhead on a few cores
 B, T = (6, 40) if FAST else (20, 100)
 S = 60 if FAST else 500                       # replicates
 EPOCHS = dict(lgssm=20 if FAST else 100, poisson=8 if FAST else 150)
