@@ -51,6 +51,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
+from IPython.display import display  # prints the table when run as a plain script
 
 from deepstate.checks import posterior_predictive_check
 from deepstate.checks.statistics import mean as stat_mean
@@ -59,6 +60,7 @@ from deepstate.estimator import Estimator
 from deepstate.models.lgssm import LinearGaussianSSM
 from deepstate.plots.checks import ppc_panels
 
+pd.set_option("display.width", 160, "display.max_columns", 20)  # whole tables when run as a script
 FAST = os.environ.get("DEEPSTATE_FAST", "") not in ("", "0")
 OUT = Path(os.environ.get("DEEPSTATE_OUT", "notebook-out/checks"))
 OUT.mkdir(parents=True, exist_ok=True)
@@ -113,7 +115,7 @@ print(f"{B} sequences x {T} steps, 2 dimensions")
 
 # %%
 table_true, idata_true = posterior_predictive_check(true_model, batch, kind="free", num_samples=S, seed=0)
-table_true.round(3)
+display(table_true.round(3))
 
 # %%
 show(ppc_panels(table_true, title="True LGSSM, free-running replicates"), "ppc_true.png")
@@ -123,7 +125,7 @@ show(ppc_panels(table_true, title="True LGSSM, free-running replicates"), "ppc_t
 
 # %%
 table_true_1s, idata_true_1s = posterior_predictive_check(true_model, batch, kind="one-step", num_samples=S, seed=0)
-table_true_1s.round(3)
+display(table_true_1s.round(3))
 
 # %% [markdown]
 # ## 3. A misspecified model fails
@@ -143,7 +145,7 @@ pvals = pd.DataFrame({
 print("flagged for the true model:", flagged(table_true) + flagged(table_true_1s))
 print("flagged for the misspecified model:", flagged(table_bad) + flagged(table_bad_1s))
 assert flagged(table_bad), "the misspecified model was not caught"
-pvals.round(3)
+display(pvals.round(3))
 
 # %%
 show(ppc_panels(table_bad, title="Misspecified LGSSM (noise / 20), free-running replicates"), "ppc_misspecified.png")
@@ -211,7 +213,7 @@ gauss.fit(counts, epochs=EPOCHS["lgssm"], progress=False)
 table_gauss, idata_gauss = gauss.check(counts, kind="free", num_samples=S, statistics=count_stats)
 print("Gaussian LGSSM on counts, flagged:", flagged(table_gauss))
 assert {"min", "zero fraction"} & set(flagged(table_gauss)), "the Gaussian model on counts was not caught"
-table_gauss.round(3)
+display(table_gauss.round(3))
 
 # %% [markdown]
 # The remedy is a count likelihood: a deep Kalman filter with Poisson emissions (fitted by FIVO).
@@ -224,7 +226,7 @@ poisson = Estimator("dkf", likelihood="poisson", z_dim=2, rnn_dim=16, transition
 poisson.fit(counts, epochs=EPOCHS["poisson"], lr=1e-2, batch_size=B, progress=False)
 table_pois, idata_pois = poisson.check(counts, kind="free", num_samples=S, statistics=count_stats)
 print("Poisson DKF on counts, flagged:", flagged(table_pois))
-pd.DataFrame({"Gaussian LGSSM": table_gauss.p_value, "Poisson DKF": table_pois.p_value}).round(3)
+display(pd.DataFrame({"Gaussian LGSSM": table_gauss.p_value, "Poisson DKF": table_pois.p_value}).round(3))
 
 # %%
 show(ppc_panels(table_gauss, title="Gaussian LGSSM on counts (free-running)"), "ppc_counts_gaussian.png")

@@ -47,12 +47,14 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
+from IPython.display import display  # prints the table when run as a plain script
 
 from deepstate.data.synthetic import simulate_lgssm
 from deepstate.inference.particle import logmeanexp, particle_filter
 from deepstate.models.base import PriorGuide
 from deepstate.models.lgssm import LinearGaussianSSM
 
+pd.set_option("display.width", 160, "display.max_columns", 20)  # whole tables when run as a script
 FAST = os.environ.get("DEEPSTATE_FAST", "") not in ("", "0")
 OUT = Path(os.environ.get("DEEPSTATE_OUT", "notebook-out/kalman_sanity"))
 OUT.mkdir(parents=True, exist_ok=True)
@@ -137,7 +139,7 @@ df = pd.DataFrame(rows)
 df["gap"] = exact - df["bound"]
 table = df.groupby(["objective", "N"], sort=False).agg(
     bound=("bound", "mean"), gap=("gap", "mean"), gap_se=("gap", "sem"), resamples=("resamples", "mean"))
-table.round(4)
+display(table.round(4))
 
 # %% [markdown]
 # Every bound should sit **below** the exact value on average (gap > 0, up to Monte Carlo error);

@@ -51,6 +51,7 @@ except NameError:
 import matplotlib.pyplot as plt
 import pandas as pd
 import torch
+from IPython.display import display  # prints the table when run as a plain script
 
 from deepstate.data import load_polyphonic
 from deepstate.data.midi import piano_roll_to_midi
@@ -58,6 +59,7 @@ from deepstate.inference import Trainer, evaluate
 from deepstate.models import build
 from deepstate.plots.music import piano_roll
 
+pd.set_option("display.width", 160, "display.max_columns", 20)  # whole tables when run as a script
 FAST = os.environ.get("DEEPSTATE_FAST", "") not in ("", "0")
 IN_CI = os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
 OUT = Path(os.environ.get("DEEPSTATE_OUT", "notebook-out/music"))
@@ -135,7 +137,7 @@ for model in ("dkf", "vrnn", "srnn"):
                          train_bound=history[-1]["train_bound"], valid_fivo4=history[-1]["valid_bound"]))
         print(f"{model:5s} {label:5s}: valid FIVO(4) {history[-1]['valid_bound']:8.3f} nats/frame "
               f"({rows[-1]['seconds']:.1f}s)", flush=True)
-pd.DataFrame(rows).set_index(["model", "trained_with"]).round(3)
+display(pd.DataFrame(rows).set_index(["model", "trained_with"]).round(3))
 
 # %% [markdown]
 # ## 3. Test bounds in nats per frame
@@ -157,7 +159,7 @@ for (model, label), lsm in models.items():
 bounds = pd.DataFrame.from_dict(scores, orient="index")
 bounds.index.names = ["model", "trained with"]
 bounds.to_csv(OUT / "test_bounds.csv")
-bounds.round(3)
+display(bounds.round(3))
 
 # %%
 fig, ax = plt.subplots(figsize=(8, 3.5))
