@@ -245,10 +245,9 @@ for name, pit in (("lgssm", pit_lgssm), ("dkf", pit_dkf)):
 # %%
 lt = lgssm.latent_trajectories(series, kind="smoothed")
 show(lt.plot(title="LGSSM: smoothed latent states (Kalman), mean and 90% band"), "latent_lgssm.png")
-for span in (len(series), 40):
+for what, span in (("the whole series", len(series)), ("the last 40 years", 40)):
     lt = dkf.latent_trajectories(series.iloc[-span:], kind="smoothed", num_particles=CFG["num_particles"])
-    print(f"DKF smoother over {'the whole series' if span == len(series) else f'the last {span} years'}: effective sample size {float(lt.ess[0]):.1f} "
-          f"of {CFG['num_particles']} paths")
+    print(f"DKF smoother over {what}: effective sample size {float(lt.ess[0]):.1f} of {CFG['num_particles']} paths")
 show(lt.plot(title=f"DKF: smoothed latent states, last 40 years (ESS {float(lt.ess[0]):.1f}), mean and 90% band"),
      "latent_dkf.png")
 
