@@ -1,8 +1,9 @@
 """The ``deepstate`` command line.
 
     deepstate demo                       fit the default model to a built-in series, print held-out bounds
-    deepstate datasets                   list the built-in datasets
-    deepstate fit DATA --out MODEL.pt    train an Estimator on a dataset name or a CSV file
+    deepstate datasets                   list the built-in datasets and where each is found
+    deepstate fit DATA --out MODEL.pt    train an Estimator on a dataset name, a CSV, .npy or .npz file; writes
+                                         MODEL.config.json and MODEL.metrics.jsonl; --checkpoint-dir resumes
     deepstate evaluate MODEL.pt DATA     held-out bound in nats per frame
     deepstate sample MODEL.pt            generate sequences (CSV on stdout or --out; --midi DIR for piano rolls)
     deepstate check MODEL.pt DATA --out DIR [--kind one-step|reconstruction|free] [--num-samples S]
@@ -82,35 +83,252 @@ def read_series_csv(path: str):
     return df.astype("float64")
 
 
-def _read_series(spec: str, data_dir=None):
-    """``(frame, likelihood)``: a dataset name or a CSV path as one series (``pandas.DataFrame``)."""
+_ARRAY_SUFFIXES = (".npy", ".npz")
+_SPLIT_NAMES = ("train", "valid", "test")
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _check_file(spec: str) -> None:
+    """A readable regular file, or a one-line :class:`CLIError` naming what is wrong with ``spec``."""
+    if os.path.isdir(spec):
+        raise CLIError(f"data: {spec!r} is a directory, not a data file")
+    if not os.path.isfile(spec):
+        raise CLIError(f"data: no file {spec!r}")
+    if not os.access(spec, os.R_OK):
+        raise CLIError(f"data: {spec!r} is not readable (permission denied)")
+
+
+def _check_array(arr, where: str):
+    """A numeric ``[T]``, ``[T, D]`` or ``[B, T, D]`` array as float64, or a one-line :class:`CLIError`."""
+    import numpy as np
+
+    if arr.dtype == object:
+        raise CLIError(f"data: {where} is an object array; save a numeric array (e.g. np.save(path, x.astype(float)))")
+    if arr.dtype.kind not in "biuf":
+        raise CLIError(f"data: {where} has dtype {arr.dtype}; expected numbers")
+    if arr.ndim not in (1, 2, 3):
+        raise CLIError(f"data: {where} has shape {arr.shape}; expected [T] or [T, D] (one series) or [B, T, D] "
+                       f"(B sequences)")
+    if arr.size == 0:
+        raise CLIError(f"data: {where} is empty (shape {arr.shape})")
+    out = arr.astype(np.float64)
+    if np.isinf(out).any():
+        raise CLIError(f"data: {where} has infinite values (use NaN for missing values)")
+    if np.isnan(out).all():
+        raise CLIError(f"data: {where} has no observed value (all NaN)")
+    return out
+
+
+def _read_arrays(path: str) -> dict:
+    """``{"data": array}`` for a ``.npy`` (or a ``.npz`` of one array), or ``{"train", "test"[, "valid"]}``
+    for a ``.npz`` with those names; arrays are float64 (booleans become 0/1, see :func:`_array_likelihood`)."""
+    import zipfile
+
+    import numpy as np
+
+    _check_file(path)
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except ValueError as err:
+        if "Object arrays" in str(err):
+            raise CLIError(f"data: {path!r} holds an object array; save a numeric array "
+                           f"(e.g. np.save(path, x.astype(float)))") from None
+        raise CLIError(f"data: cannot read {path!r} as a .npy/.npz file (not a numpy file)") from None
+    except (OSError, EOFError, zipfile.BadZipFile) as err:
+        raise CLIError(f"data: cannot read {path!r} as a .npy/.npz file: {_first_line(err)}") from None
+    if isinstance(loaded, np.ndarray):
+        return {"data": (_check_array(loaded, repr(path)), loaded.dtype.kind == "b")}
+    with loaded:
+        names = list(loaded.files)
+        if not names:
+            raise CLIError(f"data: {path!r} holds no arrays")
+        if len(names) == 1:
+            keys = {"data": names[0]}
+        elif {"train", "test"} <= set(names) and set(names) <= set(_SPLIT_NAMES):
+            keys = {k: k for k in _SPLIT_NAMES if k in names}
+        else:
+            raise CLIError(f"data: {path!r} holds arrays {names}; expected one array, or arrays named train and test "
+                           f"(and optionally valid)")
+        out = {}
+        for key, name in keys.items():
+            where = f"array {name!r} of {path!r}"
+            try:
+                arr = loaded[name]
+            except ValueError as err:
+                if "Object arrays" in str(err):
+                    raise CLIError(f"data: {where} is an object array; save numeric arrays") from None
+                raise CLIError(f"data: cannot read {where}: {_first_line(err)}") from None
+            except (OSError, EOFError, zipfile.BadZipFile) as err:
+                raise CLIError(f"data: cannot read {where}: {_first_line(err)}") from None
+            out[key] = (_check_array(arr, where), arr.dtype.kind == "b")
+    dims = {k: (a.shape[-1] if a.ndim > 1 else 1) for k, (a, _) in out.items()}
+    if len(set(dims.values())) > 1:
+        raise CLIError(f"data: the arrays of {path!r} differ in the last (dimension) axis: {dims}")
+    return out
+
+
+def _array_sequences(arr, where: str) -> list:
+    """``[T]`` / ``[T, D]`` -> one ``[T, D]`` sequence; ``[B, T, D]`` -> ``B`` sequences, trailing all-NaN steps
+    dropped as padding (NaN elsewhere = missing)."""
+    import numpy as np
+
+    if arr.ndim == 1:
+        arr = arr[:, None]
+    if arr.ndim == 2:
+        arr = arr[None]
+    seqs = []
+    for b, x in enumerate(arr):
+        seen = np.flatnonzero(~np.isnan(x).all(axis=1))
+        if seen.size == 0:
+            raise CLIError(f"data: sequence {b} of {where} has no observed value (all NaN)")
+        seqs.append(x[: seen[-1] + 1])
+    return seqs
+
+
+def _frame(seq, index_name: str = "t"):
+    import pandas as pd
+
+    cols = ["y"] if seq.shape[1] == 1 else [f"x{d}" for d in range(seq.shape[1])]
+    return pd.DataFrame(seq, columns=cols, index=pd.RangeIndex(len(seq), name=index_name))
+
+
+def _load_model(path: str):
+    """``Estimator.load`` with one-line errors naming the model file."""
+    if os.path.isdir(path):
+        raise CLIError(f"model: {path!r} is a directory, not a saved model (.pt)")
+    if not os.path.isfile(path):
+        raise CLIError(f"model: no file {path!r}")
+    from deepstate.estimator import Estimator
+
+    try:
+        return Estimator.load(path)
+    except ValueError as err:
+        if "not a readable" in str(err):
+            raise CLIError(f"model: {path!r} is not a readable deepstate model (corrupted, truncated or another "
+                           f"kind of file)") from None
+        raise CLIError(f"model: {_first_line(err)}") from None
+
+
+def _download_failed(name: str, err: BaseException, data_dir) -> CLIError:
+    from deepstate.data.datasets import dataset_location
+
+    reason = getattr(err, "reason", None) or _first_line(err)
+    return CLIError(f"data: {name} is not available locally ({dataset_location(name, data_dir)}) and the download "
+                    f"failed ({reason}); put the file in --data-dir or $DEEPSTATE_DATA")
+
+
+def _is_array_file(spec: str) -> bool:
+    return spec.lower().endswith(_ARRAY_SUFFIXES)
+
+
+def _looks_like_file(spec: str) -> bool:
+    """An existing path with a folder or a suffix in it: read as a file without looking at dataset names first
+    (a bare existing name such as ``sunspots`` still means the dataset)."""
+    return os.path.isdir(spec) or (os.path.exists(spec) and (os.sep in spec or "." in os.path.basename(spec)))
+
+
+def _read_series_all(spec: str, data_dir=None):
+    """``([frame, ...], likelihood)``: the series of a dataset name, a CSV, or a ``.npy``/``.npz`` file.
+
+    A ``[T]`` / ``[T, D]`` array is one series; a ``[B, T, D]`` array is ``B`` series; a ``.npz`` with
+    train/test arrays gives the ``test`` sequences.
+    """
+    if _is_array_file(spec):
+        arrays = _read_arrays(spec)
+        key = "data" if "data" in arrays else "test"
+        arr, binary = arrays[key]
+        return [_frame(s) for s in _array_sequences(arr, repr(spec))], "bernoulli" if binary else "gaussian"
+    if _looks_like_file(spec):  # before importing torch: a bad file fails fast
+        _check_file(spec)
+        return [read_series_csv(spec)], "gaussian"
+
     import pandas as pd
 
     from deepstate.data import list_datasets, load_dataset
 
     if spec in list_datasets():
-        data = load_dataset(spec, data_dir=data_dir).data
-        return (data.to_frame() if isinstance(data, pd.Series) else data), "gaussian"
-    if os.path.isfile(spec):
-        return read_series_csv(spec), "gaussian"
-    raise CLIError(f"data: expected a dataset name ({', '.join(list_datasets() + ['jsb_chorales'])}) or a CSV file, got {spec!r}")
+        try:
+            data = load_dataset(spec, data_dir=data_dir).data
+        except OSError as err:
+            if isinstance(err, FileNotFoundError):
+                raise
+            raise _download_failed(spec, err, data_dir) from None
+        return [data.to_frame() if isinstance(data, pd.Series) else data], "gaussian"
+    if spec == "jsb_chorales":
+        raise CLIError("data: jsb_chorales is a set of piano rolls, not one series to forecast or backtest")
+    if os.path.exists(spec):
+        _check_file(spec)
+        return [read_series_csv(spec)], "gaussian"
+    raise CLIError(f"data: expected a dataset name ({', '.join(list_datasets() + ['jsb_chorales'])}) or a CSV, .npy "
+                   f"or .npz file, got {spec!r}")
+
+
+def _read_series(spec: str, data_dir=None):
+    """``(frame, likelihood)``: a dataset name, a CSV path or a one-series ``.npy``/``.npz`` as one ``DataFrame``."""
+    frames, likelihood = _read_series_all(spec, data_dir)
+    if len(frames) != 1:
+        raise CLIError(f"data: {spec!r} holds {len(frames)} sequences; this command needs one series "
+                       f"(a [T] or [T, D] array)")
+    return frames[0], likelihood
+
+
+def _load_splits(spec: str, data_dir=None) -> dict:
+    """``{"train", "test", "valid" (or None), "likelihood", "source", "split"}`` for a data spec.
+
+    A dataset name (``sunspots``, ``co2``, ``lynx_hare``, ``jsb_chorales``), a CSV (one multivariate
+    series, see :func:`read_series_csv`), a ``.npy``/``.npz`` array (``[T]`` / ``[T, D]``: one series;
+    ``[B, T, D]``: ``B`` sequences) or a ``.npz`` with ``train`` / ``test`` (and optional ``valid``)
+    arrays used as the splits. One series: the last 20% of steps are held out; several sequences:
+    the last 20% of sequences (at least one). JSB uses its own splits.
+    """
+    if spec == "jsb_chorales":
+        from deepstate.data import load_polyphonic
+
+        try:
+            d = load_polyphonic("jsb_chorales", data_dir=data_dir)
+        except OSError as err:
+            if isinstance(err, FileNotFoundError):
+                raise
+            raise _download_failed("jsb_chorales", err, data_dir) from None
+        return dict(train=d["train"], test=d["test"], valid=d["valid"], likelihood="bernoulli", source="dataset",
+                    split="the dataset's own train/valid/test split")
+    if _is_array_file(spec):
+        arrays = _read_arrays(spec)
+        from deepstate.data import SequenceBatch, split_series
+
+        likelihood = "bernoulli" if all(b for _, b in arrays.values()) else "gaussian"
+        if "data" not in arrays:
+            batches = {k: SequenceBatch.from_sequences(_array_sequences(a, f"array {k!r} of {spec!r}"))
+                       for k, (a, _) in arrays.items()}
+            return dict(train=batches["train"], test=batches["test"], valid=batches.get("valid"),
+                        likelihood=likelihood, source="npz", split="the file's train/test arrays")
+        seqs = _array_sequences(arrays["data"][0], repr(spec))
+        source = "npy" if spec.lower().endswith(".npy") else "npz"
+        if len(seqs) == 1:
+            parts = split_series(SequenceBatch.from_sequences(seqs), valid_fraction=0.0, test_fraction=0.2)
+            return dict(train=parts["train"], test=parts["test"], valid=None, likelihood=likelihood, source=source,
+                        split="last 20% of steps held out")
+        n_test = max(1, round(0.2 * len(seqs)))
+        return dict(train=SequenceBatch.from_sequences(seqs[:-n_test]),
+                    test=SequenceBatch.from_sequences(seqs[-n_test:]), valid=None, likelihood=likelihood,
+                    source=source, split=f"last {n_test} of {len(seqs)} sequences held out")
+    frame, likelihood = _read_series(spec, data_dir)
+    from deepstate.data import from_pandas, list_datasets, split_series
+
+    parts = split_series(from_pandas(frame, as_multivariate=True), valid_fraction=0.0, test_fraction=0.2)
+
+    return dict(train=parts["train"], test=parts["test"], valid=None, likelihood=likelihood,
+                source="dataset" if spec in list_datasets() else "csv", split="last 20% of steps held out")
 
 
 def _load_data(spec: str, data_dir=None):
-    """A dataset name (``sunspots``, ``co2``, ``lynx_hare``, ``jsb_chorales``) or a CSV path.
-
-    Returns ``(train, test, likelihood)``: for a single series the last 20% of steps are held out;
-    JSB uses its own train/test split; a CSV is one multivariate series (see :func:`read_series_csv`).
-    """
-    from deepstate.data import from_pandas, load_polyphonic, split_series
-
-    if spec == "jsb_chorales":
-        d = load_polyphonic("jsb_chorales", data_dir=data_dir)
-        return d["train"], d["test"], "bernoulli"
-    frame, likelihood = _read_series(spec, data_dir)
-    batch = from_pandas(frame, as_multivariate=True)
-    parts = split_series(batch, valid_fraction=0.0, test_fraction=0.2)
-    return parts["train"], parts["test"], likelihood
+    """``(train, test, likelihood)`` of :func:`_load_splits`."""
+    parts = _load_splits(spec, data_dir)
+    return parts["train"], parts["test"], parts["likelihood"]
 
 
 def _levels(text: str):
@@ -123,32 +341,50 @@ def _levels(text: str):
 
 
 def _cmd_forecast(args):
-    from deepstate.estimator import Estimator
+    import pandas as pd
 
-    est = Estimator.load(args.model_path)
-    frame, _ = _read_series(args.data, args.data_dir)
+    est = _load_model(args.model_path)
+    frames, _ = _read_series_all(args.data, args.data_dir)
     levels = _levels(args.levels)
     quantile_levels = sorted({q for lv in levels for q in ((1 - lv) / 2, (1 + lv) / 2)} | {0.5})
-    fc = est.forecast(frame, args.horizon, num_samples=args.num_samples, levels=quantile_levels, seed=args.seed)
-    table = fc.to_frame()
+    tables, fcs = [], []
+    for frame in frames:
+        fc = est.forecast(frame, args.horizon, num_samples=args.num_samples, levels=quantile_levels, seed=args.seed)
+        fcs.append(fc)
+        tables.append(fc.to_frame())
+    if len(tables) == 1:
+        table = tables[0]
+    else:  # several sequences: one block of rows per sequence
+        table = pd.concat([t.assign(sequence=i).set_index("sequence", append=True).swaplevel()
+                           for i, t in enumerate(tables)])
     _write_atomic(args.out, table.to_csv(float_format="%.6g"))
-    print(f"wrote a {args.horizon}-step forecast ({fc.method}, quantiles {', '.join(f'{q:g}' for q in quantile_levels)}) "
-          f"to {args.out}")
+    what = f"{len(frames)} sequences" if len(frames) > 1 else "the series"
+    print(f"wrote a {args.horizon}-step forecast of {what} ({fcs[0].method}, quantiles "
+          f"{', '.join(f'{q:g}' for q in quantile_levels)}) to {args.out}")
     if args.plot:
-        fc.plot(levels=levels, title=f"{args.data}: {args.horizon}-step forecast ({est.model})", path=args.plot,
-                max_history=args.plot_history)
-        print(f"wrote the fan chart to {args.plot}")
+        root, ext = os.path.splitext(args.plot)
+        for i, fc in enumerate(fcs):
+            path = args.plot if len(fcs) == 1 else f"{root}_{i}{ext or '.png'}"
+            name = args.data if len(fcs) == 1 else f"{args.data} (sequence {i})"
+            fc.plot(levels=levels, title=f"{name}: {args.horizon}-step forecast ({est.model})", path=path,
+                    max_history=args.plot_history)
+            print(f"wrote the fan chart to {path}")
     return 0
 
 
 def _cmd_backtest(args):
     import pandas as pd
 
-    from deepstate.estimator import Estimator
+    try:
+        order = tuple(int(v) for v in args.sarimax_order.split(","))
+    except ValueError:
+        order = ()
+    if len(order) != 3 or min(order) < 0:
+        raise CLIError(f"--sarimax-order: expected three non-negative ints p,d,q, got {args.sarimax_order!r}")
+    frame, _ = _read_series(args.data, args.data_dir)
+    est = _load_model(args.model_path)
     from deepstate.forecasting.backtest import backtest
 
-    est = Estimator.load(args.model_path)
-    frame, _ = _read_series(args.data, args.data_dir)
     if args.origins < 1:
         raise CLIError(f"--origins: expected a positive int, got {args.origins}")
     if args.horizon < 1:
@@ -157,7 +393,6 @@ def _cmd_backtest(args):
     if test_size >= len(frame):
         raise CLIError(f"--origins: {args.origins} origins at horizon {args.horizon} need more than {test_size} steps; "
                        f"the series has {len(frame)}")
-    order = tuple(int(v) for v in args.sarimax_order.split(","))
     res = backtest(est, frame, args.horizon, test_size=test_size, levels=_levels(args.levels), season=args.season,
                    num_samples=args.num_samples, order=order, seed=args.seed, progress=not args.quiet)
     _write_atomic(args.out, res.per_origin.to_csv(index=False, float_format="%.6g"))
@@ -173,15 +408,21 @@ def _cmd_backtest(args):
 
 def _cmd_datasets(args):
     from deepstate.data import list_datasets, load_dataset
+    from deepstate.data.datasets import dataset_location
 
     for name in list_datasets():
+        where = dataset_location(name, data_dir=args.data_dir)
         try:
             ds = load_dataset(name, data_dir=args.data_dir, download=False)
             b = ds.batch
-            print(f"{name:10s} {ds.frequency:8s} T={b.max_length:5d} D={b.dim} missing={int((~b.observed & b.valid[..., None]).sum())}  {ds.description}")
-        except (FileNotFoundError, ValueError) as err:
-            print(f"{name:10s} (not available: {str(err).splitlines()[0]})")
-    print("jsb_chorales  polyphonic music (load_polyphonic), 229/76/77 sequences, D=88")
+            print(f"{name:12s} {ds.frequency:8s} T={b.max_length:5d} D={b.dim} missing={int((~b.observed & b.valid[..., None]).sum())}  {ds.description}")
+        except (FileNotFoundError, ValueError):
+            print(f"{name:12s} (not available)")
+        print(f"{'':12s} where: {where}")
+    print("jsb_chorales polyphonic music (piano rolls), 229/76/77 train/valid/test sequences, D=88")
+    print(f"{'':12s} where: {dataset_location('jsb_chorales', data_dir=args.data_dir)}")
+    print("(files are looked up in --data-dir, then $DEEPSTATE_DATA, then the user cache; data may also be a path: "
+          "CSV, .npy or .npz)")
     return 0
 
 
@@ -217,17 +458,138 @@ def _cmd_demo(args):
     return 0
 
 
-def _cmd_fit(args):
-    from deepstate.estimator import Estimator
+def _checkpoint_position(checkpoint_dir):
+    """``(path, epoch, step_in_epoch)`` of the Trainer checkpoint in ``checkpoint_dir``, or ``None``."""
+    if checkpoint_dir is None:
+        return None
+    from deepstate.inference.checkpoint import CHECKPOINT_NAME, load_checkpoint
+    from deepstate.inference.trainer import CHECKPOINT_FORMAT
 
-    train, test, likelihood = _load_data(args.data, args.data_dir)
-    est = Estimator(args.model, likelihood=args.likelihood or likelihood, objective=args.objective,
-                    num_particles=args.num_particles, seed=args.seed, **_hyper(args.set))
+    if os.path.exists(checkpoint_dir) and not os.path.isdir(checkpoint_dir):
+        raise CLIError(f"--checkpoint-dir: {checkpoint_dir!r} exists and is not a folder")
+    path = os.path.join(checkpoint_dir, CHECKPOINT_NAME)
+    if not os.path.isfile(path):
+        return None
+    try:
+        state = load_checkpoint(path, map_location="cpu", kind=CHECKPOINT_FORMAT)
+    except ValueError as err:
+        raise CLIError(f"--checkpoint-dir: {path!r} is not a usable checkpoint ({_first_line(err)}); "
+                       f"remove it or use another folder") from None
+    return path, int(state.get("epoch", 0)), int(state.get("step_in_epoch", 0))
+
+
+def _resolved_hyper(est) -> dict:
+    """Every hyperparameter the fitted model uses: the given ones over the model and guide classes' defaults."""
+    import inspect
+
+    from deepstate.models import _accepted
+
+    accepted = _accepted(est.model)
+    out = {}
+    for module in (est.model_.ssm, est.model_.guide_steps):
+        for name, par in inspect.signature(type(module).__init__).parameters.items():
+            if name in accepted and name not in out and par.default is not inspect.Parameter.empty:
+                out[name] = par.default
+    if "guide_rnn_dim" in accepted and "guide_rnn_dim" not in out:
+        par = inspect.signature(type(est.model_.guide_steps).__init__).parameters.get("rnn_dim")
+        if par is not None:
+            out["guide_rnn_dim"] = par.default
+    out.update(est.hyper)
+    return {k: out[k] for k in sorted(out)}
+
+
+def _batch_summary(batch) -> dict:
+    if batch is None:
+        return None
+    return {"sequences": int(batch.batch_size), "frames": int(batch.num_frames), "dim": int(batch.dim),
+            "max_length": int(batch.max_length)}
+
+
+def _sidecar_paths(out: str):
+    """``m.pt`` -> ``(m.config.json, m.metrics.jsonl)`` next to the model."""
+    base = out[:-3] if out.endswith(".pt") else out
+    return base + ".config.json", base + ".metrics.jsonl"
+
+
+def _cmd_fit(args):
+    import datetime
+    import json
+    import platform
+
+    if os.path.isdir(args.out):
+        raise CLIError(f"--out: {args.out!r} is a directory; expected a file such as model.pt")
+    folder = os.path.dirname(os.path.abspath(args.out))
+    if not os.path.isdir(folder):
+        raise CLIError(f"--out: the folder {folder!r} does not exist")
+    config_path, metrics_path = _sidecar_paths(args.out)
+    hyper = _hyper(args.set)
+    parts = _load_splits(args.data, args.data_dir)  # bad data fails here, before torch is imported for a file
+
+    import numpy as np
+    import torch
+
+    from deepstate import __version__
+    from deepstate.estimator import Estimator
+    from deepstate.inference.distributed import is_main_process
+
+    train, test = parts["train"], parts["test"]
+    valid = parts["valid"] if parts["valid"] is not None else test
+    likelihood = args.likelihood or parts["likelihood"]
+    est = Estimator(args.model, likelihood=likelihood, objective=args.objective, num_particles=args.num_particles,
+                    seed=args.seed, **hyper)
+    exact = est.objective == "exact"
+    if exact and args.checkpoint_dir is not None:
+        raise CLIError("--checkpoint-dir: the exact objective (L-BFGS maximum likelihood) does not checkpoint")
+    position = _checkpoint_position(args.checkpoint_dir)
+    if position is not None:
+        path, epoch, step = position
+        at = f"epoch {epoch}" + (f", step {step} of epoch {epoch + 1}" if step else "")
+        if epoch >= args.epochs:
+            print(f"resumed from {path} at {at}: {epoch} of --epochs {args.epochs} already done, nothing to train")
+        else:
+            print(f"resumed from {path} at {at}; training to epoch {args.epochs}")
+    elif os.path.exists(metrics_path) and is_main_process():
+        os.unlink(metrics_path)  # a fresh run starts a fresh log (a resumed one appends)
     window = args.window if train.batch_size == 1 else None
-    est.fit(train, valid_data=test if args.validate else None, epochs=args.epochs, lr=args.lr,
-            batch_size=args.batch_size, progress=not args.quiet, window=window, checkpoint_dir=args.checkpoint_dir)
+    trainer_kwargs = {} if exact else {"metrics_path": metrics_path}
+    t0 = time.perf_counter()
+    est.fit(train, valid_data=valid if args.validate else None, epochs=args.epochs, lr=args.lr,
+            batch_size=args.batch_size, progress=not args.quiet, window=window, checkpoint_dir=args.checkpoint_dir,
+            **trainer_kwargs)
+    seconds = time.perf_counter() - t0
+    if not is_main_process():  # under torchrun, rank 0 alone saves the model and reports
+        return 0
+    if exact:  # L-BFGS has no Trainer: log its iterations in the same JSON-lines form
+        _write_atomic(metrics_path, "".join(json.dumps({"kind": "epoch", **rec}) + "\n" for rec in est.history_))
     est.save(args.out)
-    print(f"saved {args.out}; held-out bound {est.log_likelihood(test):.4f} nats/frame")
+    bound = est.log_likelihood(test)
+    params = est.get_params()
+    params["dtype"] = str(est.dtype).replace("torch.", "")
+    config = {
+        "deepstate_version": __version__,
+        "torch_version": torch.__version__,
+        "numpy_version": np.__version__,
+        "python_version": platform.python_version(),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "estimator": params,
+        "hyperparameters": _resolved_hyper(est),
+        "guide": type(est.model_.guide_steps).__name__,
+        "data": {"spec": args.data, "source": parts["source"],
+                 "path": os.path.abspath(args.data) if os.path.isfile(args.data) else None,
+                 "data_dir": args.data_dir, "likelihood": est.likelihood, "split": parts["split"],
+                 "train": _batch_summary(train), "valid": _batch_summary(parts["valid"]), "test": _batch_summary(test),
+                 "input_dim": est.input_dim_},
+        "training": {"epochs": args.epochs, "epochs_done": len(est.history_), "lr": args.lr,
+                     "batch_size": args.batch_size, "window": window, "window_option": args.window,
+                     "validate": bool(args.validate), "seed": args.seed,
+                     "checkpoint_dir": None if args.checkpoint_dir is None else os.path.abspath(args.checkpoint_dir),
+                     "resumed_from_epoch": None if position is None else position[1], "seconds": round(seconds, 3)},
+        "result": {"held_out_bound": bound, "unit": "nats/frame", "objective": est.objective},
+        "files": {"model": os.path.abspath(args.out), "metrics": os.path.abspath(metrics_path)},
+    }
+    _write_atomic(config_path, json.dumps(config, indent=2, default=str) + "\n")
+    print(f"saved {args.out}; held-out bound {bound:.4f} nats/frame")
+    print(f"wrote {config_path} (resolved configuration) and {metrics_path} (metrics log)")
     return 0
 
 
@@ -249,9 +611,7 @@ def _hyper(pairs):
 
 
 def _cmd_evaluate(args):
-    from deepstate.estimator import Estimator
-
-    est = Estimator.load(args.model_path)
+    est = _load_model(args.model_path)
     _, test, _ = _load_data(args.data, args.data_dir)
     value = est.log_likelihood(test, objective=args.objective, num_particles=args.num_particles)
     print(f"{args.objective}({args.num_particles}) bound: {value:.4f} nats/frame over {test.num_frames} frames")
@@ -290,9 +650,7 @@ def _prefix_roll(spec: str, data_dir, steps: int, est):
 
 
 def _cmd_sample(args):
-    from deepstate.estimator import Estimator
-
-    est = Estimator.load(args.model_path)
+    est = _load_model(args.model_path)
     if args.midi is not None and not _is_piano_roll(est):
         raise CLIError(f"--midi: needs a piano-roll model (bernoulli likelihood, 88 keys); {args.model_path!r} is "
                        f"{est.likelihood} with {est.input_dim_} dimension(s)")
@@ -378,10 +736,9 @@ def _rolls_from_idata(idata, sequence: int = 0):
 def _cmd_check(args):
     import pandas as pd
 
-    from deepstate.estimator import Estimator
     from deepstate.plots import piano_roll, ppc_panels
 
-    est = Estimator.load(args.model_path)
+    est = _load_model(args.model_path)
     if args.num_samples < 1:
         raise CLIError(f"--num-samples: expected a positive int, got {args.num_samples}")
     _, test, _ = _load_data(args.data, args.data_dir)
@@ -411,10 +768,70 @@ def _cmd_check(args):
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors: ``deepstate: <message>`` on stderr, exit status 2."""
+
+    def error(self, message):
+        sub = self.prog[len("deepstate"):].strip() if self.prog.startswith("deepstate") else self.prog
+        text = " ".join(str(message).split()) or "bad arguments"
+        where = f"{sub}: " if sub else ""
+        self.exit(2, f"deepstate: {where}{text} (see deepstate {sub + ' ' if sub else ''}--help)\n")
+
+
+def _int_type(minimum: int, what: str):
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+
+    parse.__name__ = what
+    return parse
+
+
+def _pos_float(text):
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+_pos_int = _int_type(1, "a positive int")
+_seed = _int_type(0, "a non-negative int")
+
+_RAW = argparse.RawDescriptionHelpFormatter
+
+_MAIN_EPILOG = """\
+example workflow:
+  deepstate datasets                                    # what is built in, and where files are found
+  deepstate fit sunspots --out m.pt --epochs 50         # also writes m.config.json, m.metrics.jsonl
+  deepstate evaluate m.pt sunspots                      # held-out bound in nats per step
+  deepstate forecast m.pt sunspots --horizon 10 --out fc.csv --plot fan.png
+  deepstate backtest m.pt sunspots --horizon 10 --origins 30 --season 11 --out scores.csv
+  deepstate check m.pt sunspots --out ppc/              # posterior predictive check
+
+DATA is a dataset name (see `deepstate datasets`), a CSV file (a time column and one column per
+series dimension), or a .npy/.npz array: [T] or [T, D] is one series, [B, T, D] is B sequences,
+and a .npz with arrays named train and test (optionally valid) gives the splits.
+Errors print one line "deepstate: ..." to stderr and exit non-zero.
+Run `deepstate COMMAND --help` for a command's options and examples."""
+
+
 def _parser():
-    p = argparse.ArgumentParser(prog="deepstate", description="Deep state-space models: fit, evaluate, sample.")
+    p = _Parser(prog="deepstate",
+                description="Deep state-space models for time series: fit, evaluate, forecast with intervals, "
+                            "backtest, check, sample.",
+                epilog=_MAIN_EPILOG, formatter_class=_RAW)
     p.add_argument("--data-dir", default=None, help="folder with data files (default: $DEEPSTATE_DATA, then the cache)")
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, title="commands", metavar="COMMAND")
 
     d = sub.add_parser("demo", help="fit the default model to yearly sunspots and print held-out bounds")
     d.add_argument("--epochs", type=int, default=100)
@@ -423,124 +840,172 @@ def _parser():
     d.add_argument("--quiet", action="store_true")
     d.set_defaults(func=_cmd_demo)
 
-    s = sub.add_parser("datasets", help="list built-in datasets")
+    s = sub.add_parser("datasets", help="list the built-in datasets and where each is found",
+                       description="List the built-in datasets (length, dimension, missing values) and where each "
+                                   "is found: built in (statsmodels), the resolved file path, or the folders "
+                                   "searched (--data-dir, $DEEPSTATE_DATA, the user cache). Nothing is downloaded.",
+                       epilog="examples:\n  deepstate datasets\n"
+                              "  deepstate --data-dir ~/data datasets     # look in ~/data first",
+                       formatter_class=_RAW)
     s.set_defaults(func=_cmd_datasets)
 
-    f = sub.add_parser("fit", help="train a model")
-    f.add_argument("data", help="dataset name or CSV file")
+    f = sub.add_parser("fit", help="train a model; also writes its config and metrics log",
+                       description="Train a model on DATA's training split and save it to --out (MODEL.pt). Next to "
+                                   "it, MODEL.config.json records the resolved configuration (every estimator "
+                                   "argument and hyperparameter, the data, epochs, lr, window, seed, versions) and "
+                                   "MODEL.metrics.jsonl the per-step and per-epoch metrics (JSON lines). With "
+                                   "--checkpoint-dir, rerunning the same command continues an unfinished run (or "
+                                   "a shorter one: --epochs is the total).",
+                       epilog="examples:\n"
+                              "  deepstate fit sunspots --out m.pt --epochs 50 --set z_dim=4 --set rnn_dim=32\n"
+                              "  deepstate fit series.csv --out m.pt --model vrnn --checkpoint-dir ckpt/  "
+                              "# rerun to resume\n"
+                              "  deepstate fit seqs.npz --out m.pt --validate       # .npz with train/test arrays\n"
+                              "  deepstate fit sunspots --out lg.pt --model lgssm --objective exact --epochs 50",
+                       formatter_class=_RAW)
+    f.add_argument("data", help="dataset name, CSV, .npy or .npz file")
     f.add_argument("--out", required=True, help="where to save the fitted model (.pt)")
-    f.add_argument("--model", default="dkf")
-    f.add_argument("--likelihood", default=None)
-    f.add_argument("--objective", default="fivo")
-    f.add_argument("--num-particles", type=int, default=4)
-    f.add_argument("--epochs", type=int, default=20)
-    f.add_argument("--lr", type=float, default=1e-3)
-    f.add_argument("--batch-size", type=int, default=20)
-    f.add_argument("--window", type=int, default=40, help="window length for a single long series")
+    f.add_argument("--model", default="dkf", help="dkf (default), vrnn, srnn, deepstate or lgssm")
+    f.add_argument("--likelihood", default=None,
+                   help="gaussian, studentt, bernoulli or poisson (default: bernoulli for piano rolls and boolean "
+                        "arrays, else gaussian)")
+    f.add_argument("--objective", default="fivo", help="fivo (default), iwae, particle_elbo, elbo, meanfield_elbo, "
+                                                        "or exact (lgssm, deepstate)")
+    f.add_argument("--num-particles", type=_pos_int, default=4)
+    f.add_argument("--epochs", type=_pos_int, default=20, help="total epochs (counting resumed ones; default 20)")
+    f.add_argument("--lr", type=_pos_float, default=1e-3)
+    f.add_argument("--batch-size", type=_pos_int, default=20)
+    f.add_argument("--window", type=_pos_int, default=40, help="window length for a single long series (default 40)")
     f.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="model hyperparameter, e.g. --set z_dim=8 --set rnn_dim=64 (repeatable)")
     f.add_argument("--validate", action="store_true", help="track the held-out bound and keep the best epoch")
-    f.add_argument("--checkpoint-dir", default=None)
-    f.add_argument("--seed", type=int, default=0)
-    f.add_argument("--quiet", action="store_true")
+    f.add_argument("--checkpoint-dir", default=None, metavar="DIR",
+                   help="checkpoint every epoch into DIR; a rerun with the same DIR resumes")
+    f.add_argument("--seed", type=_seed, default=0)
+    f.add_argument("--quiet", action="store_true", help="no progress bar")
     f.set_defaults(func=_cmd_fit)
 
-    e = sub.add_parser("evaluate", help="held-out bound of a saved model")
+    e = sub.add_parser("evaluate", help="held-out bound of a saved model on DATA's test split",
+                       description="Estimate log p(test split of DATA) per frame with a particle bound.",
+                       epilog="example: deepstate evaluate m.pt sunspots --objective iwae --num-particles 256",
+                       formatter_class=_RAW)
     e.add_argument("model_path")
-    e.add_argument("data")
+    e.add_argument("data", help="dataset name, CSV, .npy or .npz file (its test split is scored)")
     e.add_argument("--objective", default="fivo", choices=["fivo", "iwae", "elbo"])
-    e.add_argument("--num-particles", type=int, default=128)
+    e.add_argument("--num-particles", type=_pos_int, default=128)
     e.set_defaults(func=_cmd_evaluate)
 
-    g = sub.add_parser("sample", help="generate sequences from a saved model",
+    g = sub.add_parser("sample", help="generate sequences (CSV, or MIDI for piano rolls)",
                        epilog="examples: deepstate sample sunspots.pt --num-sequences 3 --length 40 --out s.csv\n"
                               "          deepstate sample jsb.pt --num-sequences 4 --length 64 --midi chorales/ "
                               "--prefix jsb_chorales --prefix-steps 16",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+                       formatter_class=_RAW)
     g.add_argument("model_path")
-    g.add_argument("--num-sequences", type=int, default=1)
-    g.add_argument("--length", type=int, default=50)
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--num-sequences", type=_pos_int, default=1)
+    g.add_argument("--length", type=_pos_int, default=50)
+    g.add_argument("--seed", type=_seed, default=0)
     g.add_argument("--out", default=None, help="CSV file (default: stdout, unless --midi is given)")
     g.add_argument("--midi", default=None, metavar="DIR",
                    help="piano-roll models: write sample_<i>.mid per sequence and piano_roll.png into DIR")
     g.add_argument("--prefix", default=None, metavar="DATA",
-                   help="continue the first test sequence of DATA (dataset name or CSV) instead of sampling afresh")
-    g.add_argument("--prefix-steps", type=int, default=16, help="steps of the prefix to continue (default 16)")
-    g.add_argument("--frame-seconds", type=float, default=0.5, help="MIDI seconds per frame (default 0.5)")
+                   help="continue the first test sequence of DATA (dataset name or file) instead of sampling afresh")
+    g.add_argument("--prefix-steps", type=_pos_int, default=16, help="steps of the prefix to continue (default 16)")
+    g.add_argument("--frame-seconds", type=_pos_float, default=0.5, help="MIDI seconds per frame (default 0.5)")
     g.set_defaults(func=_cmd_sample)
 
-    ck = sub.add_parser("check", help="posterior predictive check of a saved model on DATA's test split",
+    ck = sub.add_parser("check", help="posterior predictive check on DATA's test split",
                         description="Replicate DATA's test split from the model (one-step-ahead, reconstruction or "
                                     "free-running), compare test statistics with Bayesian p-values, and write "
                                     "DIR/ppc.nc (ArviZ InferenceData), DIR/ppc_panels.png and, for piano rolls, "
                                     "DIR/piano_roll.png.",
                         epilog="example: deepstate check jsb.pt jsb_chorales --out ppc/ --kind free --num-samples 50",
-                        formatter_class=argparse.RawDescriptionHelpFormatter)
+                        formatter_class=_RAW)
     ck.add_argument("model_path")
-    ck.add_argument("data", help="dataset name or CSV file (its test split is checked)")
+    ck.add_argument("data", help="dataset name, CSV, .npy or .npz file (its test split is checked)")
     ck.add_argument("--out", required=True, metavar="DIR", help="output folder (created)")
     ck.add_argument("--kind", default="one-step", choices=["one-step", "reconstruction", "free"],
                     help="replicate kind (default one-step)")
-    ck.add_argument("--num-samples", type=int, default=100, help="replicates S (default 100)")
-    ck.add_argument("--max-sequences", type=int, default=None,
+    ck.add_argument("--num-samples", type=_pos_int, default=100, help="replicates S (default 100)")
+    ck.add_argument("--max-sequences", type=_pos_int, default=None,
                     help="check only the first N test sequences (memory: S x N x T x D values)")
-    ck.add_argument("--seed", type=int, default=0)
+    ck.add_argument("--seed", type=_seed, default=0)
     ck.set_defaults(func=_cmd_check)
 
     fc = sub.add_parser("forecast", help="forecast beyond the end of a series with intervals",
-                        description="Forecast H steps beyond the end of DATA (a dataset name or a CSV with a time "
-                                    "column and one column per series dimension).",
-                        epilog="example: deepstate forecast sunspots.pt sunspots --horizon 10 --out fc.csv --plot fan.png")
+                        description="Forecast H steps beyond the end of DATA: a dataset name, a CSV with a time "
+                                    "column and one column per series dimension, or a .npy/.npz array ([T] or "
+                                    "[T, D]: one series; [B, T, D]: each of the B sequences is forecast, rows "
+                                    "keyed by a sequence column; a .npz with train/test arrays: the test ones).",
+                        epilog="example: deepstate forecast sunspots.pt sunspots --horizon 10 --out fc.csv "
+                               "--plot fan.png",
+                        formatter_class=_RAW)
     fc.add_argument("model_path")
     fc.add_argument("data")
-    fc.add_argument("--horizon", type=int, required=True)
+    fc.add_argument("--horizon", type=_pos_int, required=True)
     fc.add_argument("--levels", default="0.5,0.8,0.95", help="central interval levels (default 0.5,0.8,0.95)")
-    fc.add_argument("--num-samples", type=int, default=1000)
+    fc.add_argument("--num-samples", type=_pos_int, default=1000)
     fc.add_argument("--out", required=True, help="CSV: mean and quantile columns (q0.1 = 10%% quantile)")
-    fc.add_argument("--plot", default=None, help="PNG fan chart")
-    fc.add_argument("--plot-history", type=int, default=100, help="history steps shown in the fan chart")
-    fc.add_argument("--seed", type=int, default=0)
+    fc.add_argument("--plot", default=None, help="PNG fan chart (several sequences: PLOT_<i>.png)")
+    fc.add_argument("--plot-history", type=_pos_int, default=100, help="history steps shown in the fan chart")
+    fc.add_argument("--seed", type=_seed, default=0)
     fc.set_defaults(func=_cmd_forecast)
 
-    bt = sub.add_parser("backtest", help="rolling-origin backtest against statsmodels and naive baselines",
-                        description="Score forecasts from the last K origins of DATA (each forecasting H steps) "
-                                    "against persistence, seasonal naive and statsmodels baselines.",
+    bt = sub.add_parser("backtest", help="rolling-origin backtest against statsmodels baselines",
+                        description="Score forecasts from the last K origins of DATA (one series; each origin "
+                                    "forecasts H steps) against persistence, seasonal naive and statsmodels "
+                                    "baselines.",
                         epilog="example: deepstate backtest sunspots.pt sunspots --horizon 10 --origins 51 "
-                               "--season 11 --out scores.csv --plot scores.png")
+                               "--season 11 --out scores.csv --plot scores.png",
+                        formatter_class=_RAW)
     bt.add_argument("model_path")
     bt.add_argument("data")
-    bt.add_argument("--horizon", type=int, required=True)
-    bt.add_argument("--origins", type=int, default=30)
-    bt.add_argument("--season", type=int, default=None, help="season length (seasonal naive baseline and MASE)")
+    bt.add_argument("--horizon", type=_pos_int, required=True)
+    bt.add_argument("--origins", type=_pos_int, default=30)
+    bt.add_argument("--season", type=_pos_int, default=None, help="season length (seasonal naive baseline and MASE)")
     bt.add_argument("--levels", default="0.5,0.8,0.95")
     bt.add_argument("--sarimax-order", default="2,0,0", help="p,d,q of the SARIMAX baseline")
-    bt.add_argument("--num-samples", type=int, default=500)
+    bt.add_argument("--num-samples", type=_pos_int, default=500)
     bt.add_argument("--out", required=True, help="CSV of per-origin scores")
     bt.add_argument("--plot", default=None, help="PNG of the summary scores")
-    bt.add_argument("--seed", type=int, default=0)
+    bt.add_argument("--seed", type=_seed, default=0)
     bt.add_argument("--quiet", action="store_true")
     bt.set_defaults(func=_cmd_backtest)
     return p
 
 
+def _error_line(err: BaseException) -> str:
+    """One line for an exception's message: its first line, or (a heading ending in ':') all of it joined."""
+    lines = [ln.strip(" -") for ln in str(err).strip().splitlines() if ln.strip()]
+    if not lines:
+        return type(err).__name__
+    text = " ".join(lines) if lines[0].endswith(":") else lines[0]
+    return text if len(text) <= 600 else text[:597] + "..."
+
+
 def main(argv=None) -> int:
+    import warnings
+
     parser = _parser()
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except CLIError as err:
-        print(f"deepstate: {err}", file=sys.stderr)
-        return 2
-    except (ValueError, TypeError, FileNotFoundError) as err:
-        print(f"deepstate: {str(err).splitlines()[0] if str(err) else type(err).__name__}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("deepstate: interrupted", file=sys.stderr)
-        return 130
-    except Exception as err:  # noqa: BLE001 - the CLI never shows a traceback
-        print(f"deepstate: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}", file=sys.stderr)
-        return 1
+    args = parser.parse_args(argv)  # usage errors: one line and exit 2 (_Parser.error)
+    # warnings raised while the command runs are shown after it succeeds; a failure prints only its one line
+    with warnings.catch_warnings(record=True) as caught:
+        try:
+            code = args.func(args)
+        except CLIError as err:
+            print(f"deepstate: {err}", file=sys.stderr)
+            return 2
+        except (ValueError, TypeError, LookupError, OSError) as err:
+            print(f"deepstate: {_error_line(err)}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("deepstate: interrupted", file=sys.stderr)
+            return 130
+        except Exception as err:  # noqa: BLE001 - the CLI never shows a traceback
+            print(f"deepstate: {type(err).__name__}: {_error_line(err)}", file=sys.stderr)
+            return 1
+    for w in caught:
+        warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    return code
 
 
 if __name__ == "__main__":
