@@ -51,7 +51,6 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
-from IPython.display import display  # prints the table when run as a plain script
 
 from deepstate.checks import posterior_predictive_check
 from deepstate.checks.statistics import mean as stat_mean
@@ -60,6 +59,10 @@ from deepstate.estimator import Estimator
 from deepstate.models.lgssm import LinearGaussianSSM
 from deepstate.plots.checks import ppc_panels
 
+try:
+    from IPython.display import display  # rich tables in a notebook, printed when run as a plain script
+except ImportError:  # plain python without IPython
+    display = print
 pd.set_option("display.width", 160, "display.max_columns", 20)  # whole tables when run as a script
 FAST = os.environ.get("DEEPSTATE_FAST", "") not in ("", "0")
 OUT = Path(os.environ.get("DEEPSTATE_OUT", "notebook-out/checks"))

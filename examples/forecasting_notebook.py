@@ -46,7 +46,6 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
-from IPython.display import display  # prints the table when run as a plain script
 
 from deepstate.data import from_pandas, load_dataset
 from deepstate.estimator import Estimator
@@ -55,6 +54,10 @@ from deepstate.forecasting.backtest import backtest
 from deepstate.plots import pit_histogram
 from deepstate.scores import pit_from_samples, pit_normal, pit_uniformity
 
+try:
+    from IPython.display import display  # rich tables in a notebook, printed when run as a plain script
+except ImportError:  # plain python without IPython
+    display = print
 pd.set_option("display.width", 160, "display.max_columns", 20)  # whole tables when run as a script
 FAST = os.environ.get("DEEPSTATE_FAST", "") not in ("", "0")
 OUT = Path(os.environ.get("DEEPSTATE_OUT", "notebook-out/forecasting"))

@@ -47,13 +47,16 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
-from IPython.display import display  # prints the table when run as a plain script
 
 from deepstate.data.synthetic import simulate_lgssm
 from deepstate.inference.particle import logmeanexp, particle_filter
 from deepstate.models.base import PriorGuide
 from deepstate.models.lgssm import LinearGaussianSSM
 
+try:
+    from IPython.display import display  # rich tables in a notebook, printed when run as a plain script
+except ImportError:  # plain python without IPython
+    display = print
 pd.set_option("display.width", 160, "display.max_columns", 20)  # whole tables when run as a script
 FAST = os.environ.get("DEEPSTATE_FAST", "") not in ("", "0")
 OUT = Path(os.environ.get("DEEPSTATE_OUT", "notebook-out/kalman_sanity"))
