@@ -35,7 +35,8 @@
 # Data: `jsb_chorales.pickle` under `$DEEPSTATE_DATA` (else the user cache, downloading it once
 # when not in CI). `DEEPSTATE_FAST=1` uses 4 training chorales, small networks and two epochs
 # (seconds; the numbers then only show the code runs). Without it: the whole dataset, the
-# models' default (paper) sizes and `DEEPSTATE_EPOCHS` epochs (default 20: hours on a CPU).
+# models' default (paper) sizes and `DEEPSTATE_EPOCHS` epochs (default 20: hours on a CPU; a
+# GPU is used when there is one, or set `DEEPSTATE_DEVICE`).
 
 # %%
 import os
@@ -84,8 +85,10 @@ SIZES = {
     "vrnn": dict(z_dim=8, rnn_dim=16, feature_dim=16),
     "srnn": dict(z_dim=8, rnn_dim=16, hidden_dim=16),
 } if FAST else {"dkf": {}, "vrnn": {}, "srnn": {}}
+# full mode runs on a GPU when there is one (or DEEPSTATE_DEVICE=cpu / cuda:1 ...)
+DEVICE = os.environ.get("DEEPSTATE_DEVICE", "cuda" if torch.cuda.is_available() and not FAST else "cpu")
 OBJECTIVES = {"ELBO": "particle_elbo", "IWAE": "iwae", "FIVO": "fivo"}
-print("fast mode" if FAST else "full mode", CFG)
+print("fast mode" if FAST else "full mode", CFG, "device", DEVICE)
 
 
 def show(fig, name):
@@ -131,8 +134,7 @@ for model in ("dkf", "vrnn", "srnn"):
         lsm = build(model, 88, "bernoulli", **SIZES[model])
         n = 1 if objective == "particle_elbo" else CFG["train_particles"]
         trainer = Trainer(lsm, objective=objective, num_particles=n, lr=CFG["lr"], batch_size=CFG["batch_size"],
-                          progress=False,
-                          valid_objective="fivo", valid_num_particles=4, seed=0)
+                          progress=False, valid_objective="fivo", valid_num_particles=4, seed=0, device=DEVICE)
         t0 = time.perf_counter()
         history = trainer.fit(train, valid, epochs=CFG["epochs"])
         models[(model, label)] = lsm
