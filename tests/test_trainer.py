@@ -184,8 +184,18 @@ def test_annealing_schedule_and_refusal():
             Trainer(tiny_model(), objective=obj, annealing=10)
     with pytest.raises(ValueError, match="start"):
         KLAnnealing(start=1.5)
+    with pytest.raises(ValueError, match="start"):
+        KLAnnealing(start=0.0)
     with pytest.raises(ValueError, match="warmup_steps"):
         KLAnnealing(warmup_steps=0)
+
+
+def test_int_annealing_trains_with_pyro_elbo():
+    """``annealing=<int>`` used to start at a scale of 0, which Pyro's poutine.scale refuses."""
+    tr = Trainer(tiny_model(), objective="elbo", annealing=10, batch_size=3, progress=False, seed=0)
+    assert tr.annealing.factor == pytest.approx(0.1)
+    history = tr.fit(make_data(), epochs=1)
+    assert math.isfinite(history[-1]["train_bound"])
 
 
 def test_annealed_training_logs_the_unannealed_bound():

@@ -32,13 +32,14 @@ class KLAnnealing:
     into checkpoints through :meth:`state_dict`.
 
     Args:
-        start: initial factor, in ``[0, 1]``.
+        start: initial factor, in ``(0, 1]`` (a factor of exactly 0 would drop the latent sites, and
+            Pyro's ``poutine.scale`` refuses it).
         warmup_steps: number of steps to reach ``1`` (a positive int).
     """
 
-    def __init__(self, start: float = 0.0, warmup_steps: int = 1000):
-        if isinstance(start, bool) or not isinstance(start, (int, float)) or not 0.0 <= float(start) <= 1.0:
-            raise ValueError(f"start: expected a number in [0, 1], got {start!r}")
+    def __init__(self, start: float = 0.01, warmup_steps: int = 1000):
+        if isinstance(start, bool) or not isinstance(start, (int, float)) or not 0.0 < float(start) <= 1.0:
+            raise ValueError(f"start: expected a number in (0, 1], got {start!r}")
         if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 1:
             raise ValueError(f"warmup_steps: expected a positive int, got {warmup_steps!r}")
         self.start = float(start)
@@ -78,7 +79,8 @@ def as_annealing(value: Union[None, KLAnnealing, dict, int]) -> Optional[KLAnnea
     """Normalise the trainer's ``annealing`` argument.
 
     ``None`` (no annealing), a :class:`KLAnnealing`, a dict of its arguments
-    (``{"start": 0.1, "warmup_steps": 500}``) or an int (``warmup_steps`` with ``start = 0``).
+    (``{"start": 0.1, "warmup_steps": 500}``) or an int (``warmup_steps``, starting from ``1 / warmup_steps``:
+    the first positive step of a ramp from 0, since a scale of 0 is refused).
     """
     if value is None or isinstance(value, KLAnnealing):
         return value
@@ -88,7 +90,7 @@ def as_annealing(value: Union[None, KLAnnealing, dict, int]) -> Optional[KLAnnea
             raise ValueError(f"annealing: unknown keys {sorted(unknown)}; expected start, warmup_steps")
         return KLAnnealing(**value)
     if isinstance(value, int) and not isinstance(value, bool):
-        return KLAnnealing(0.0, value)
+        return KLAnnealing(1.0 / value, value) if value >= 1 else KLAnnealing(warmup_steps=value)
     raise TypeError(
         f"annealing: expected None, a KLAnnealing, a dict(start=..., warmup_steps=...) or an int (warmup steps), "
         f"got {type(value).__name__}"
