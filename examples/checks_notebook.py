@@ -188,8 +188,9 @@ show(fig, "arviz_true_vs_misspecified.png")
 # The commonest misspecification in practice is not a wrong noise level but a wrong *kind* of
 # likelihood. Counts with a low rate (a latent AR(1) log-rate, Poisson observations) have many
 # zeros and are never negative. A Gaussian LGSSM fitted to them by exact maximum likelihood gets the
-# mean, the variance and the autocorrelation about right -- those checks pass -- but its replicates
-# are continuous and go below zero: the fraction of exact zeros and the minimum are flagged.
+# mean and the variance right -- those checks pass (the autocorrelation roughly) -- but its
+# replicates are continuous and go below zero: the fraction of exact zeros and the minimum are
+# flagged.
 #
 # A custom statistic is any function `f(x [*, B, T, D], valid [B, T], observed [B, T, D]) -> [*, B, K]`.
 
@@ -244,9 +245,8 @@ show(fig, "arviz_counts.png")
 # %% [markdown]
 # ## What to read from this
 #
-# * A check is only as sharp as its statistic: the Gaussian model on counts passes on mean,
-#   variance and autocorrelation (it was fitted to match them) and fails on what a Gaussian cannot
-#   produce. Choose statistics for the features that matter for the use of the model.
+# * A check is only as sharp as its statistic: the Gaussian model on counts passes on mean and
+#   variance (it was fitted to match them) and fails on what a Gaussian cannot produce. Choose statistics for the features that matter for the use of the model.
 # * A p-value near 0 or 1 is evidence against the model in that respect; a middling one is not
 #   evidence *for* the model.
 # * `Estimator.check` does all of this on the original scale of the data (the standardiser is
