@@ -71,7 +71,11 @@ def read_series_csv(path: str):
             raise CLIError(f"data: time column {first!r} of {path!r} is not strictly increasing")
         df = df.drop(columns=[first]).set_axis(pd.Index(col, name=str(first)), axis=0)
         if isinstance(df.index, pd.DatetimeIndex) and df.index.freq is None and len(df) >= 3:
-            freq = pd.infer_freq(df.index)
+            import warnings
+
+            with warnings.catch_warnings():  # pandas 3 announces a change of infer_freq's return type
+                warnings.simplefilter("ignore")
+                freq = pd.infer_freq(df.index)
             if freq is not None:
                 df = df.asfreq(freq)
     if df.shape[1] == 0:
@@ -827,8 +831,8 @@ Run `deepstate COMMAND --help` for a command's options and examples."""
 
 def _parser():
     p = _Parser(prog="deepstate",
-                description="Deep state-space models for time series: fit, evaluate, forecast with intervals, "
-                            "backtest, check, sample.",
+                description="Deep state-space models for time series: fit, evaluate, forecast with intervals,\n"
+                            "backtest against baselines, check, sample.",
                 epilog=_MAIN_EPILOG, formatter_class=_RAW)
     p.add_argument("--data-dir", default=None, help="folder with data files (default: $DEEPSTATE_DATA, then the cache)")
     sub = p.add_subparsers(dest="command", required=True, title="commands", metavar="COMMAND")
