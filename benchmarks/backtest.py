@@ -34,7 +34,7 @@ CONFIGS = {
 def deep_model(args) -> Estimator:
     # a small DKF: a gated transition can bend the cycle where a linear state space cannot;
     # `augmented` also feeds the previous value to the emission (Krishnan et al. 2017's DMM-Aug)
-    return Estimator("dkf", likelihood="gaussian", objective=args.objective, num_particles=args.num_particles,
+    return Estimator("dkf", likelihood=args.likelihood, objective=args.objective, num_particles=args.num_particles,
                      seed=args.seed, z_dim=args.z_dim, transition_dim=args.hidden, emission_dim=args.hidden,
                      rnn_dim=args.hidden, augmented=args.augmented)
 
@@ -76,6 +76,10 @@ def main(argv=None):
     p.add_argument("--num-particles", type=int, default=8, help="training particles")
     p.add_argument("--lgssm-z", type=int, default=None, help="LGSSM state dimension (default 2 per series)")
     p.add_argument("--lgssm-starts", type=int, default=1)
+    p.add_argument("--likelihood", default="gaussian", help="DKF emission: gaussian or studentt")
+    p.add_argument("--valid-steps", type=int, default=0,
+                   help="hold out the last steps of the training part for early stopping of the DKF (0: none)")
+    p.add_argument("--patience", type=int, default=20)
     args = p.parse_args(argv)
     cfg = CONFIGS[args.dataset]
     data = load_dataset(args.dataset, data_dir=args.data_dir).data
@@ -93,7 +97,13 @@ def main(argv=None):
     timings["lgssm fit"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     dkf = deep_model(args)
-    dkf.fit(train, epochs=args.epochs, lr=3e-3, batch_size=16, window=40, stride=4, progress=True)
+    if args.valid_steps:
+        # early stopping on the held-out end of the training part (the backtest's test part stays unseen)
+        dkf.fit(train.iloc[:-args.valid_steps], valid_data=train.iloc[-args.valid_steps:], epochs=args.epochs,
+                lr=3e-3, batch_size=16, window=40, stride=4, progress=True, early_stopping_patience=args.patience)
+    else:
+        dkf.fit(train, epochs=args.epochs, lr=3e-3, batch_size=16, window=40, stride=4, progress=True)
+    print(f"dkf trained {len(dkf.history_)} epochs")
     timings["dkf fit"] = time.perf_counter() - t0
 
     kw = dict(horizon=args.horizon, test_size=cfg["test_size"], season=cfg["season"], num_samples=args.num_samples,
