@@ -163,6 +163,15 @@ def test_latent_trajectories_particles_match_kalman_and_rts():
     assert np.abs(pf.std / ex.std - 1).max() < 0.1
     assert np.all(pf.lower < pf.mean) and np.all(pf.mean < pf.upper)
     # filtered: bootstrap proposal, weights accumulated up to t
+    # over a long series whole-path weights degenerate; the resampling filter does not
+    long = _series(T=150, seed=2)
+    kf_long = latent_trajectories(lsm, long, "filtered", method="exact")
+    pf_long = latent_trajectories(lsm, long, "filtered", method="particles", num_particles=3000, seed=0)
+    assert pf_long.ess[0] > 300
+    assert np.abs(pf_long.mean - kf_long.mean).max() < 0.25 * kf_long.std.max()
+    assert latent_trajectories(lsm, long, "smoothed", method="particles", num_particles=3000, seed=0).ess[0] < 50
+    q = latent_trajectories(lsm, long, "guide", method="particles", num_particles=50, seed=0)
+    assert q.ess[0] == pytest.approx(50)
     short = _series(T=8, seed=1)
     kf = latent_trajectories(lsm, short, "filtered", method="exact")
     pb = latent_trajectories(lsm, short, "filtered", method="particles", num_particles=20000, seed=0)

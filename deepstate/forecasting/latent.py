@@ -2,13 +2,19 @@ r"""Filtered and smoothed latent trajectories with uncertainty.
 
 * Exact models (Kalman): ``p(z_t | x_{1:t})`` from the filter, ``p(z_t | x_{1:T})`` from the RTS
   smoother; Gaussian bands.
-* Every model: self-normalised importance sampling with the guide as proposal. The particle filter
-  runs without resampling (the IWAE estimator) and records each particle's draws ``z_{1:T}`` and
-  log-weight increments. The weights of the whole trajectory, ``w \propto p(x, z) / q(z | x)``, give
-  the smoothed moments of every ``z_t``; the weights accumulated up to ``t`` give the filtered ones
-  (a guide that factorises forward in time is a valid proposal for ``p(z_{1:t} | x_{1:t})``).
-  The effective sample size of the weights is returned: with a poor guide on a long sequence it
-  collapses towards 1, and the bands then show one particle's path.
+* Every model, with the guide as proposal (a guide that factorises forward in time is a valid
+  proposal for ``p(z_{1:t} | x_{1:t})``):
+
+  - ``"filtered"``: the particle filter resamples after every step, so at step ``t`` the particles
+    are equally weighted draws from the previous filtering distribution moved by the proposal, and
+    their incremental weights ``p(z_t, x_t | s_{t-1}) / q(z_t | ...)`` alone weigh them: the weighted
+    particles of step ``t`` approximate ``p(z_t | x_{1:t})`` without degenerating over time.
+  - ``"smoothed"``: self-normalised importance sampling of whole paths: no resampling, weights of the
+    whole trajectory ``w \propto p(x, z) / q(z | x)``. Exact as ``N`` grows, but over long sequences
+    the weights degenerate (the returned effective sample size then approaches 1 and the band shows
+    one path).
+  - ``"guide"``: the amortised posterior ``q(z | x)`` itself, unweighted -- what a variational fit
+    believes; it does not degenerate, but it is only as good as the guide.
 """
 
 from __future__ import annotations
@@ -87,14 +93,15 @@ def latent_trajectories(
     Args:
         lsm: a fitted model.
         batch: ``B`` sequences on the model's scale.
-        kind: ``"smoothed"`` (``p(z_t | x_{1:T})``) or ``"filtered"`` (``p(z_t | x_{1:t})``).
+        kind: ``"smoothed"`` (``p(z_t | x_{1:T})``), ``"filtered"`` (``p(z_t | x_{1:t})``) or ``"guide"``
+            (``q(z_t | x)``; particle method only).
         num_particles: importance samples per sequence (particle method).
         level: probability of the central band.
         method: ``"auto"`` (exact for models with a Kalman filter), ``"particles"`` or ``"exact"``.
         seed: seed of the draws.
     """
-    if kind not in ("smoothed", "filtered"):
-        raise ValueError(f"kind: expected 'smoothed' or 'filtered', got {kind!r}")
+    if kind not in ("smoothed", "filtered", "guide"):
+        raise ValueError(f"kind: expected 'smoothed', 'filtered' or 'guide', got {kind!r}")
     (level,) = check_levels(level, "level")
     if method not in ("auto", "particles", "exact"):
         raise ValueError(f"method: expected 'auto', 'particles' or 'exact', got {method!r}")
@@ -108,7 +115,9 @@ def latent_trajectories(
     lo_q, hi_q = (1 - level) / 2, (1 + level) / 2
     valid = batch.valid.cpu().numpy()
     to_np = lambda t: t.detach().to("cpu", torch.float64).numpy()  # noqa: E731
-    if method == "exact" or (method == "auto" and exact_ok):
+    if kind == "guide" and method == "exact":
+        raise ValueError("method: kind='guide' summarises the guide's draws; use method='particles'")
+    if (method == "exact" or (method == "auto" and exact_ok)) and kind != "guide":
         kf = lsm.ssm.kalman(batch)
         if kind == "filtered":
             mean, cov = kf.filtered_mean, kf.filtered_cov
@@ -129,17 +138,25 @@ def latent_trajectories(
     with torch.random.fork_rng(devices=[]):
         if seed is not None:
             torch.manual_seed(int(seed))
-        res = particle_filter(lsm, batch, int(num_particles), resample="never", sampler=recording_sampler, record=True)
+        res = particle_filter(lsm, batch, int(num_particles), resample="always" if kind == "filtered" else "never",
+                              sampler=recording_sampler, record=True)
     Z = torch.stack(draws)  # [T, N, B, Z]
-    cum = res.increments.cumsum(-1).permute(2, 0, 1)  # [T, N, B] log-weights up to t
-    logw = cum if kind == "filtered" else cum[-1:].expand_as(cum)
+    inc = res.increments.permute(2, 0, 1)  # [T, N, B]
+    if kind == "filtered":  # resampled after every step: step t's own increment weighs its particles
+        logw = inc
+    elif kind == "smoothed":  # whole-path importance weights
+        logw = inc.sum(0, keepdim=True).expand_as(inc)
+    else:
+        logw = torch.zeros_like(inc)
     w = torch.softmax(logw, 1)[..., None]  # [T, N, B, 1]
     mean = (w * Z).sum(1)
     var = (w * (Z - mean[:, None]).pow(2)).sum(1)
     wq = w.expand_as(Z)
     lower = _weighted_quantile(Z.movedim(1, 0), wq.movedim(1, 0), lo_q)
     upper = _weighted_quantile(Z.movedim(1, 0), wq.movedim(1, 0), hi_q)
-    ess = 1.0 / torch.softmax(cum[-1], 0).pow(2).sum(0)
+    # effective sample size: of the whole-path weights (smoothed), the smallest over steps (filtered), N (guide)
+    ess_t = 1.0 / torch.softmax(logw, 1).pow(2).sum(1)  # [T, B]
+    ess = torch.where(batch.valid.t(), ess_t, torch.full_like(ess_t, float("inf"))).min(0).values
     tb = lambda t: to_np(t.transpose(0, 1))  # [T, B, Z] -> [B, T, Z]  # noqa: E731
     return LatentTrajectories(mean=tb(mean), std=tb(var.sqrt()), lower=tb(lower), upper=tb(upper), level=level,
                               valid=valid, kind=kind, ess=to_np(ess), index=batch.index)
