@@ -38,6 +38,7 @@ from .inference.checkpoint import atomic_save, load_checkpoint
 from .inference.evaluation import EVAL_OBJECTIVES, evaluate
 from .inference.trainer import TRAINING_OBJECTIVES, Trainer, resolve_device
 from .models import MODELS, LatentSequenceModel, build
+from .models.nn import check_support
 
 __all__ = ["Estimator"]
 
@@ -216,6 +217,7 @@ class Estimator:
         batch = _to_batch(data, name)
         if self.input_dim_ is not None and batch.dim != self.input_dim_:
             raise ValueError(f"{name}: expected {self.input_dim_} dimensions (as fitted), got {batch.dim}")
+        check_support(self.likelihood, batch.x, batch.observed, name)
         if self.standardizer_ is not None:
             batch = self.standardizer_.transform(batch)
         return batch
@@ -277,6 +279,10 @@ class Estimator:
         valid = None if valid_data is None else _to_batch(valid_data, "valid_data")
         if valid is not None and valid.dim != train.dim:
             raise ValueError(f"valid_data: expected {train.dim} dimensions like data, got {valid.dim}")
+        # on the data as given (before standardising): Bernoulli needs 0/1, Poisson non-negative integers
+        check_support(self.likelihood, train.x, train.observed, "data")
+        if valid is not None:
+            check_support(self.likelihood, valid.x, valid.observed, "valid_data")
         standardizer = Standardizer().fit(train) if self._uses_standardizer else None
         if standardizer is not None:
             train = standardizer.transform(train)

@@ -37,6 +37,7 @@ import torch
 
 from ..data import SequenceBatch, SequenceDataset
 from ..models.base import LatentSequenceModel
+from ..models.nn import check_support
 from .objectives import get_objective
 from .particle import logmeanexp
 
@@ -118,6 +119,9 @@ def evaluate(
         raise TypeError(f"seed: expected an int or None, got {type(seed).__name__}")
     if data.x.shape[-1] != lsm.x_dim:
         raise ValueError(f"data: expected {lsm.x_dim} dimensions (the model's input_dim), got {data.x.shape[-1]}")
+    emission = getattr(lsm.ssm, "emission", None)
+    if emission is not None:  # Bernoulli 0/1, Poisson counts: a bound on other values means nothing
+        check_support(emission, data.x, data.observed, "data")
 
     if name == "fivo":
         n_per_row, K = N, 1

@@ -77,6 +77,7 @@ from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 from ..data import SequenceBatch, SequenceDataset
 from ..data.loader import minibatch_indices, shard_minibatch_indices
 from ..models.base import LatentSequenceModel
+from ..models.nn import check_support
 from . import distributed as _dist
 from .annealing import KLAnnealing, as_annealing
 from .checkpoint import CHECKPOINT_NAME, atomic_save, get_rng_state, load_checkpoint, set_rng_state
@@ -683,6 +684,9 @@ class Trainer:
             raise ValueError(f"{name}: expected {self.lsm.x_dim} dimensions (the model's input_dim), got {data.dim}")
         if data.num_frames == 0:
             raise ValueError(f"{name}: has no valid steps")
+        emission = getattr(self.lsm.ssm, "emission", None)
+        if emission is not None:  # once per fit, not per step: Bernoulli 0/1, Poisson counts
+            check_support(emission, data.x, data.observed, name)
         return data
 
     def _resume_state(self) -> Optional[dict]:

@@ -220,6 +220,46 @@ EMISSIONS: Dict[str, Emission] = {
 }
 
 
+# the support each family assumes of its data (Gaussian and Student-t take any real value)
+_SUPPORT = {
+    "bernoulli": ("binary values 0 or 1", lambda x: (x == 0) | (x == 1)),
+    "poisson": ("non-negative integer counts", lambda x: (x >= 0) & (x == torch.floor(x)) & torch.isfinite(x)),
+}
+
+
+def check_support(likelihood, x: torch.Tensor, observed: Optional[torch.Tensor] = None, name: str = "data") -> None:
+    """Raise a ``ValueError`` naming the likelihood and some offending values when observed data lie
+    outside the emission family's support (Bernoulli: 0/1; Poisson: non-negative integers).
+
+    Without this a Bernoulli likelihood on real values trains and reports a meaningless (even
+    positive) "log-likelihood": ``Bernoulli.log_prob`` is ``x * logits - softplus(logits)`` for any
+    real ``x``, and ``Poisson.log_prob`` evaluates at fractional or negative counts. One pass over the
+    data, meant for entry points (fit, evaluation), not for every training step.
+
+    Args:
+        likelihood: an emission name or :class:`Emission`.
+        x: ``[..., D]`` values.
+        observed: optional bool mask of the same shape: only observed values are checked.
+        name: the argument to name in the message.
+    """
+    key = get_emission(likelihood).name
+    if key not in _SUPPORT:
+        return
+    what, ok_fn = _SUPPORT[key]
+    with torch.no_grad():
+        ok = ok_fn(x)
+        if observed is not None:
+            ok = ok | ~observed.to(torch.bool)
+        if bool(ok.all()):
+            return
+        bad = x[~ok]
+    shown = ", ".join(f"{v:g}" for v in torch.unique(bad.detach().to("cpu", torch.float64))[:5].tolist())
+    raise ValueError(
+        f"{name}: the {key} likelihood needs {what}, but {bad.numel()} observed value(s) are not "
+        f"(e.g. {shown}); use likelihood='gaussian' (or 'studentt') for real-valued data"
+    )
+
+
 def get_emission(name) -> Emission:
     """Emission family by name: ``bernoulli`` (piano rolls), ``gaussian`` (diagonal), ``studentt``, ``poisson``."""
     if isinstance(name, Emission):
