@@ -689,6 +689,18 @@ class Trainer:
             check_support(emission, data.x, data.observed, name)
         return data
 
+    def _remove_stale_temp_files(self) -> None:
+        """Delete temporary files of checkpoint writes that a killed process left half-written
+        (``.checkpoint.pt.*.tmp``; the checkpoint itself is intact: see :func:`atomic_save`). Rank 0
+        only, once per run, before anything is written."""
+        if self.checkpoint_path is None or self.rank != 0 or not self.checkpoint_dir.is_dir():
+            return
+        for p in self.checkpoint_dir.glob(f".{CHECKPOINT_NAME}.*.tmp"):
+            try:
+                p.unlink()
+            except OSError:
+                pass
+
     def _resume_state(self) -> Optional[dict]:
         """The checkpoint to resume from, or ``None``. Distributed: rank 0 reads it and broadcasts
         it, so every rank resumes from the same state (no shared file system needed)."""
@@ -757,6 +769,8 @@ class Trainer:
         n_batches = len(minibatch_indices(train.lengths, self.batch_size, shuffle=False))
         fingerprint = {"num_sequences": train.batch_size, "frames": train.num_frames, "dim": train.dim,
                        "num_batches": n_batches}
+        if not self._started:
+            self._remove_stale_temp_files()
         state = self._resume_state() if not self._started and resume else None
         if state is not None:
             saved = state.get("data")
