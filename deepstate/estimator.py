@@ -84,6 +84,15 @@ def _to_batch(data: Any, name: str) -> SequenceBatch:
     )
 
 
+def _seed_or(seed: Any, default: Optional[int]) -> Optional[int]:
+    """``seed`` as an int (``default`` when it is None); a TypeError naming ``seed`` otherwise."""
+    if seed is None:
+        return default
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"seed: expected an int or None, got {type(seed).__name__}")
+    return int(seed)
+
+
 def _dim_names(data: Any) -> Optional[list]:
     """Column names of a DataFrame (a Series' name), else None."""
     import pandas as pd
@@ -360,7 +369,7 @@ class Estimator:
             model_dtype = next(self.model_.parameters()).dtype
             osa = one_step_ahead(self.model_, hist.to(dtype=model_dtype), batch.to(dtype=model_dtype),
                                  num_particles=int(N), method="exact" if objective == "exact" else "particles",
-                                 seed=self.seed if seed is None else int(seed))
+                                 seed=_seed_or(seed, self.seed))
             per_seq = osa.total.to("cpu", torch.float64)
             frames = int(batch.valid.sum())
             res = {"per_sequence": per_seq, "total": float(per_seq.sum()), "frames": frames,
@@ -377,7 +386,7 @@ class Estimator:
                    "nats_per_frame": float(per_seq.sum()) / frames, "objective": "exact", "num_particles": 0}
         else:
             res = evaluate(self.model_, batch, objective=objective, num_particles=N, batch_size=batch_size,
-                           max_elements=max_elements, seed=self.seed if seed is None else int(seed))
+                           max_elements=max_elements, seed=_seed_or(seed, self.seed))
         if self.standardizer_ is not None:
             log_std = self.standardizer_.std.to(torch.float64).log()
             correction = (batch.observed.cpu().to(torch.float64) * log_std).sum((1, 2))  # [B]
@@ -430,7 +439,7 @@ class Estimator:
             raise ValueError("history: every series needs at least one step")
         fc = forecast(self.model_, batch, horizon, num_samples=num_samples, num_particles=num_particles,
                       covariates=covariates, method=method, standardizer=self.standardizer_,
-                      seed=self.seed if seed is None else int(seed))
+                      seed=_seed_or(seed, self.seed))
         fc.names = _dim_names(history)
         fc.levels = levels
         return fc
@@ -442,7 +451,7 @@ class Estimator:
         self._require_fitted()
         batch = self._prepare(data, "data")
         return latent_trajectories(self.model_, batch, kind=kind, num_particles=num_particles, level=level,
-                                   method=method, seed=self.seed if seed is None else int(seed))
+                                   method=method, seed=_seed_or(seed, self.seed))
 
     # ------------------------------------------------------------------ generation
     def sample(self, num_sequences: int, length: int, seed: Optional[int] = None, return_latents: bool = False):
@@ -461,7 +470,8 @@ class Estimator:
         for arg, v in (("num_sequences", num_sequences), ("length", length)):
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
                 raise ValueError(f"{arg}: expected a positive int, got {v!r}")
-        gen = None if seed is None else torch.Generator().manual_seed(int(seed))
+        seed = _seed_or(seed, None)
+        gen = None if seed is None else torch.Generator().manual_seed(seed)
         z, x = self.model_.sample(int(num_sequences), int(length), generator=gen)
         x = x.detach().to("cpu", torch.float64)
         if self.standardizer_ is not None:
@@ -497,6 +507,7 @@ class Estimator:
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
                 raise ValueError(f"{arg}: expected a positive int, got {v!r}")
         S, T = int(num_sequences), int(length)
+        seed = _seed_or(seed, None)
         lsm = self.model_
         ref = next(lsm.parameters())
         with torch.random.fork_rng(devices=[]):
@@ -538,7 +549,7 @@ class Estimator:
         batch = self._prepare(data, "data")
         return posterior_predictive_check(self.model_, batch, kind=kind, num_samples=num_samples,
                                           statistics=statistics, standardizer=self.standardizer_,
-                                          seed=self.seed if seed is None else int(seed), t0=t0,
+                                          seed=_seed_or(seed, self.seed), t0=t0,
                                           num_particles=num_particles)
 
     # ------------------------------------------------------------------ persistence
