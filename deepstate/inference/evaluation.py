@@ -20,6 +20,14 @@ which is the same estimator as one pass with ``N`` particles. The FIVO estimate 
 from independent filters (resampling couples all ``N`` particles), so for FIVO a large ``N`` only
 reduces the number of sequences per pass (down to one, with a warning if ``N > max_elements``).
 
+A pass also keeps per-step tensors of every particle row for the whole (padded) length of its
+sequences (the noise, the trajectory, the carries, the increments evaluated over all steps at once),
+so its memory grows with *particle rows x steps*, not rows alone: about 5.4 KB per particle-step for
+the paper-size DKF on JSB (z 100, RNN 600). ``max_particle_steps`` (default 250,000, about 1.4 GB
+there) caps that product as well: passes take fewer sequences, and for IWAE/ELBO a sequence's
+particles are split into more rows, when the sequences are long. (Before this cap, IWAE with 1,000
+particles on the JSB test split took 77,000 rows x 160 steps at once: tens of GB.)
+
 Example:
     >>> res = evaluate(lsm, test_batch, objective="fivo", num_particles=100)   # doctest: +SKIP
     >>> res["nats_per_frame"]                                                  # doctest: +SKIP
@@ -78,6 +86,7 @@ def evaluate(
     batch_size: int = 64,
     max_elements: int = 100_000,
     seed: Optional[int] = None,
+    max_particle_steps: Optional[int] = 250_000,
     **objective_kwargs,
 ) -> dict:
     """A bound on ``log p(x)`` of every sequence in ``data``, summed and divided by the frame count.
@@ -91,6 +100,8 @@ def evaluate(
         num_particles: ``N`` particles per sequence.
         batch_size: sequences per pass (fewer when ``N`` times it exceeds ``max_elements``).
         max_elements: cap on particles x sequence rows held at once (see the module docstring).
+        max_particle_steps: cap on particle rows x (padded) steps of one pass, which is what the
+            memory of a pass grows with (``None``: no cap); see the module docstring.
         seed: if given, the draws use a torch RNG seeded with it (forked: the global RNG state is
             unchanged afterwards), so repeated calls give identical numbers.
         **objective_kwargs: passed to the objective (e.g. ``scheme="systematic"``, ``ess_threshold``).
@@ -115,6 +126,7 @@ def evaluate(
     N = _pos_int(num_particles, "num_particles")
     batch_size = _pos_int(batch_size, "batch_size")
     max_elements = _pos_int(max_elements, "max_elements")
+    max_particle_steps = _pos_int(max_particle_steps, "max_particle_steps", allow_none=True)
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
         raise TypeError(f"seed: expected an int or None, got {type(seed).__name__}")
     if data.x.shape[-1] != lsm.x_dim:
@@ -132,7 +144,10 @@ def evaluate(
                 RuntimeWarning, stacklevel=2,
             )
     else:
-        n_per_row = _largest_divisor_at_most(N, max_elements)
+        cap = max_elements
+        if max_particle_steps is not None:  # a long sequence's particles are split over more rows
+            cap = min(cap, max(1, max_particle_steps // max(data.max_length, 1)))
+        n_per_row = _largest_divisor_at_most(N, cap)
         K = N // n_per_row
     rows_per_pass = max(1, min(batch_size * K, max_elements // n_per_row))
     obj = get_objective(name, n_per_row, **objective_kwargs)
@@ -143,6 +158,16 @@ def evaluate(
     order = torch.as_tensor(np.argsort(data.lengths.cpu().numpy(), kind="stable"))
     rows = order.repeat_interleave(K)
     row_log_z = torch.empty(B * K, dtype=torch.float64)
+    row_lengths = data.lengths.cpu()[rows].tolist()  # ascending
+    passes, start = [], 0
+    while start < B * K:  # at most rows_per_pass rows, and (if capped) rows x steps <= max_particle_steps
+        stop = min(start + rows_per_pass, B * K)
+        if max_particle_steps is not None:
+            # rows are sorted by length: the pass's padded length is that of its last row
+            while stop - start > 1 and (stop - start) * n_per_row * row_lengths[stop - 1] > max_particle_steps:
+                stop = start + max(1, min(stop - start - 1, max_particle_steps // (n_per_row * row_lengths[stop - 1])))
+        passes.append((start, stop))
+        start = stop
 
     was_training = lsm.training
     devices = [device] if device is not None and device.type == "cuda" else []
@@ -152,8 +177,8 @@ def evaluate(
         lsm.eval()
         try:
             with torch.no_grad():
-                for start in range(0, B * K, rows_per_pass):
-                    idx = rows[start : start + rows_per_pass]
+                for start, stop in passes:
+                    idx = rows[start:stop]
                     mb = data[idx.tolist()]
                     if device is not None:
                         mb = mb.to(device=device, dtype=dtype)
