@@ -236,9 +236,10 @@ def backtest(
     """
     import pandas as pd
 
-    if estimator is not None and not (hasattr(estimator, "forecast") and hasattr(estimator, "is_fitted")):
-        raise TypeError(f"estimator: expected a fitted deepstate Estimator or None (baselines only), "
-                        f"got {type(estimator).__name__}")
+    for member in (estimator if isinstance(estimator, (list, tuple)) else [estimator]):
+        if member is not None and not (hasattr(member, "forecast") and hasattr(member, "is_fitted")):
+            raise TypeError(f"estimator: expected a fitted deepstate Estimator (or a list of them) or None "
+                            f"(baselines only), got {type(member).__name__}")
     y, index, names = _as_2d(series)
     T, D = y.shape
     if isinstance(horizon, bool) or not isinstance(horizon, (int, np.integer)) or horizon < 1:
