@@ -31,6 +31,17 @@ CONFIGS = {
 }
 
 
+def fit_dkf(args, train, seed: int) -> Estimator:
+    """The DKF fitted on ``train`` (early stopping on its last ``--valid-steps`` steps when given)."""
+    est = deep_model(argparse.Namespace(**{**vars(args), "seed": seed}))
+    kw = dict(epochs=args.epochs, lr=3e-3, batch_size=16, window=40, stride=4, progress=False)
+    if args.valid_steps:
+        # early stopping on the held-out end of the training part (the backtest's test part stays unseen)
+        return est.fit(train.iloc[:-args.valid_steps], valid_data=train.iloc[-args.valid_steps:],
+                       early_stopping_patience=args.patience, **kw)
+    return est.fit(train, **kw)
+
+
 def deep_model(args) -> Estimator:
     # a small DKF: a gated transition can bend the cycle where a linear state space cannot;
     # `augmented` also feeds the previous value to the emission (Krishnan et al. 2017's DMM-Aug)
@@ -80,6 +91,7 @@ def main(argv=None):
     p.add_argument("--valid-steps", type=int, default=0,
                    help="hold out the last steps of the training part for early stopping of the DKF (0: none)")
     p.add_argument("--patience", type=int, default=20)
+    p.add_argument("--ensemble", type=int, default=1, help="also score an ensemble of this many DKF seeds")
     args = p.parse_args(argv)
     cfg = CONFIGS[args.dataset]
     data = load_dataset(args.dataset, data_dir=args.data_dir).data
@@ -96,14 +108,9 @@ def main(argv=None):
     lgssm = fit_lgssm(train, args.lgssm_z or 2 * frame.shape[1], args.lgssm_starts, args.seed)
     timings["lgssm fit"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    dkf = deep_model(args)
-    if args.valid_steps:
-        # early stopping on the held-out end of the training part (the backtest's test part stays unseen)
-        dkf.fit(train.iloc[:-args.valid_steps], valid_data=train.iloc[-args.valid_steps:], epochs=args.epochs,
-                lr=3e-3, batch_size=16, window=40, stride=4, progress=True, early_stopping_patience=args.patience)
-    else:
-        dkf.fit(train, epochs=args.epochs, lr=3e-3, batch_size=16, window=40, stride=4, progress=True)
-    print(f"dkf trained {len(dkf.history_)} epochs")
+    members = [fit_dkf(args, train, args.seed + k) for k in range(args.ensemble)]
+    dkf = members[0]
+    print(f"dkf trained {[len(m.history_) for m in members]} epochs")
     timings["dkf fit"] = time.perf_counter() - t0
 
     kw = dict(horizon=args.horizon, test_size=cfg["test_size"], season=cfg["season"], num_samples=args.num_samples,
@@ -111,7 +118,10 @@ def main(argv=None):
     t0 = time.perf_counter()
     base = backtest(None, frame, **kw)
     timings["baselines"] = time.perf_counter() - t0
-    for name, est in (("lgssm (exact)", lgssm), ("dkf (particles)", dkf)):
+    models = [("lgssm (exact)", lgssm), ("dkf (particles)", dkf)]
+    if args.ensemble > 1:
+        models.append((f"dkf ensemble of {args.ensemble} seeds", members))
+    for name, est in models:
         t0 = time.perf_counter()
         res = backtest(est, frame, baselines=(), model_name=name, **kw)
         timings[f"{name} backtest"] = time.perf_counter() - t0

@@ -232,6 +232,12 @@ def test_backtest_scores_model_and_baselines_on_the_same_origins():
     # a random walk: the LGSSM (a local level when fitted) and persistence are close, and both cover ~80%
     for m in ("lgssm", "persistence"):
         assert 0.6 < res.summary.loc[m, "coverage80"] <= 1.0
+    # an ensemble: the members' paths pooled (two copies of one model score like the model)
+    ens = backtest([est, est], y, horizon=5, test_size=40, num_samples=200, levels=(0.8,), baselines=())
+    assert list(ens.summary.index) == ["lgssm x2"]
+    assert ens.summary.loc["lgssm x2", "crps"] == pytest.approx(res.summary.loc["lgssm", "crps"], rel=0.05)
+    with pytest.raises(ValueError, match="estimator"):
+        backtest([], y, horizon=5, test_size=40)
     with pytest.raises(ValueError, match="test_size"):
         backtest(est, y, horizon=5, test_size=200)
     with pytest.raises(ValueError, match="baselines"):

@@ -214,7 +214,9 @@ def backtest(
 
     Args:
         estimator: a fitted Estimator (fitted on data up to the first origin -- the caller's
-            responsibility; see the module docstring), or ``None`` to score the baselines only.
+            responsibility; see the module docstring), a list of them (an ensemble: its forecast is
+            the equal mixture of the members' sample paths, e.g. the same model from several seeds --
+            "deep ensembles", Lakshminarayanan et al. 2017), or ``None`` to score the baselines only.
         series: the whole series: a ``pandas.Series`` / ``DataFrame`` (index kept for labels) or an
             array ``[T]`` / ``[T, D]``; NaN = missing (masked in histories, skipped in scores).
         horizon: ``H >= 1``.
@@ -272,9 +274,14 @@ def backtest(
     labels = [index[o] for o in origins]
     rows = []
     if estimator is not None:
-        name = model_name or estimator.model
-        samples = _model_forecasts(estimator, series, y, index, origins, horizon, num_samples, num_particles, seed,
-                                   refit_every, fit_kwargs, progress)
+        members = list(estimator) if isinstance(estimator, (list, tuple)) else [estimator]
+        if not members:
+            raise ValueError("estimator: expected a fitted Estimator or a non-empty list of them")
+        name = model_name or (members[0].model if len(members) == 1 else f"{members[0].model} x{len(members)}")
+        # an ensemble's forecast is the equal mixture of its members' (num_samples // K paths each)
+        per = max(1, num_samples // len(members))
+        samples = np.concatenate([_model_forecasts(m, series, y, index, origins, horizon, per, num_particles, seed,
+                                                   refit_every, fit_kwargs, progress) for m in members])
         for k, o in enumerate(origins):
             rows.append(_score(name, k, o, labels[k], actual[k], insample, season, levels, samples=samples[:, k]))
     for b in baselines:
