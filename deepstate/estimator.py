@@ -76,7 +76,11 @@ def _to_batch(data: Any, name: str) -> SequenceBatch:
         if len(data) == 0:
             raise ValueError(f"{name}: expected at least one sequence, got an empty list")
         if all(np.ndim(v) == 0 for v in data):  # a flat list of numbers: one univariate series
-            return from_numpy(np.asarray(data, dtype=np.float64), dtype=torch.float64)
+            try:
+                values = np.asarray(data, dtype=np.float64)
+            except (TypeError, ValueError) as err:
+                raise TypeError(f"{name}: expected a list of numbers (one series) or of [T_b, D] arrays: {err}") from err
+            return from_numpy(values, dtype=torch.float64)
         return SequenceBatch.from_sequences(list(data), dtype=torch.float64)
     raise TypeError(
         f"{name}: expected a SequenceBatch, a list of [T_b, D] arrays, a numpy array / torch tensor "
@@ -286,6 +290,9 @@ class Estimator:
             raise ValueError("stride: only used together with window")
         train = _to_batch(data, "data")
         valid = None if valid_data is None else _to_batch(valid_data, "valid_data")
+        for arg, b in (("data", train), ("valid_data", valid)):
+            if b is not None and not bool(b.observed.any()):
+                raise ValueError(f"{arg}: has no observed value (every value is missing/NaN): nothing to fit")
         if valid is not None and valid.dim != train.dim:
             raise ValueError(f"valid_data: expected {train.dim} dimensions like data, got {valid.dim}")
         # on the data as given (before standardising): Bernoulli needs 0/1, Poisson non-negative integers

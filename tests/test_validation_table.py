@@ -92,6 +92,10 @@ CASES = [
     # ---- fit / log_likelihood / forecast / sample
     ("fit-data-kind", lambda e, m, p: Estimator(**TINY).fit("series.csv"), TypeError, "data"),
     ("fit-empty-list", lambda e, m, p: Estimator(**TINY).fit([]), ValueError, "data"),
+    ("fit-all-nan", lambda e, m, p: Estimator(**TINY).fit(np.full(20, np.nan)), ValueError, "data: has no observed value"),
+    ("fit-valid-all-nan", lambda e, m, p: Estimator(**TINY).fit(SERIES, valid_data=np.full(5, np.nan)), ValueError,
+     "valid_data: has no observed value"),
+    ("fit-strings", lambda e, m, p: Estimator(**TINY).fit(["a", "b"]), TypeError, "data"),
     ("fit-window", lambda e, m, p: Estimator(**TINY).fit(SERIES, window=0), ValueError, "window"),
     ("fit-stride-alone", lambda e, m, p: Estimator(**TINY).fit(SERIES, stride=2), ValueError, "stride"),
     ("fit-unknown-trainer-arg", lambda e, m, p: Estimator(**TINY).fit(SERIES, tbtt=5), ValueError, "tbtt"),
@@ -145,6 +149,8 @@ CASES = [
     ("trainer-fit-dims", lambda e, m, p: Trainer(m, progress=False).fit(_batch(2)), ValueError, "train"),
     ("trainer-fit-patience-no-valid", lambda e, m, p: Trainer(m, early_stopping_patience=2, progress=False).fit(_batch()),
      ValueError, "valid"),
+    ("trainer-fit-all-nan", lambda e, m, p: Trainer(m, progress=False).fit(SequenceBatch.from_sequences([np.full(4, np.nan)])),
+     ValueError, "train: has no observed value"),
     ("trainer-fit-callback", lambda e, m, p: Trainer(m, progress=False).fit(_batch(), callback=3), TypeError, "callback"),
     # ---- evaluate
     ("evaluate-objective", lambda e, m, p: evaluate(m, _batch(), objective="exact"), ValueError, "objective"),

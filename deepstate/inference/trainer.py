@@ -684,6 +684,8 @@ class Trainer:
             raise ValueError(f"{name}: expected {self.lsm.x_dim} dimensions (the model's input_dim), got {data.dim}")
         if data.num_frames == 0:
             raise ValueError(f"{name}: has no valid steps")
+        if not bool(data.observed.any()):
+            raise ValueError(f"{name}: has no observed value (every value is missing/NaN): nothing to fit or score")
         emission = getattr(self.lsm.ssm, "emission", None)
         if emission is not None:  # once per fit, not per step: Bernoulli 0/1, Poisson counts
             check_support(emission, data.x, data.observed, name)
