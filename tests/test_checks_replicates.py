@@ -197,3 +197,15 @@ def test_wrong_dimension_and_unknown_statistic():
         posterior_predictive_check(lsm, _batch(1), "free", 5)
     with pytest.raises(ValueError, match="statistics"):
         posterior_predictive_check(lsm, _batch(2), "free", 5, statistics=("nope",))
+
+
+def test_free_running_check_compares_only_the_replicated_stretch():
+    """With t0 > 0 the first t0 steps are the data (conditioned on): statistics cover the rest only."""
+    batch = _simulated(seed=2, B=6, T=20)
+    table, idata = posterior_predictive_check(_lgssm(R), batch, "free", num_samples=20, seed=0, t0=15,
+                                              statistics=("mean",))
+    x = batch.x.numpy()
+    per_seq = [x[b, 15:int(batch.lengths[b])].mean(0) for b in range(6) if int(batch.lengths[b]) > 15]
+    assert table.loc["mean", "observed"] == pytest.approx(float(np.mean(per_seq)), rel=1e-9)
+    n_free = int(sum(max(0, int(L) - 15) for L in batch.lengths)) * 2  # D = 2
+    assert idata.observed_data["x"].size == n_free

@@ -358,6 +358,13 @@ def posterior_predictive_check(
         if ll is not None:
             log_std = standardizer.std.to(torch.float64).log().numpy()
             ll = ll - (observed * log_std).sum(-1)[None]
+    if reps.t0 > 0:
+        # the first t0 steps were conditioned on, not replicated: the statistics compare the free-running stretch
+        valid = valid.copy()
+        valid[:, :reps.t0] = False
+        observed = observed & valid[..., None]
+        if ll is not None:
+            ll = ll * valid[None]
     x_obs = np.where(observed, x_obs.numpy(), 0.0)
     x_rep = np.where(observed[None], x_rep, 0.0)
     table = predictive_check(x_obs, x_rep, valid=valid, observed=observed, statistics=statistics, interval=interval)
