@@ -36,7 +36,7 @@ from .data.loader import sliding_windows
 from .forecasting import Forecast, LatentTrajectories, check_levels, forecast, latent_trajectories, one_step_ahead
 from .inference.checkpoint import atomic_save, load_checkpoint
 from .inference.evaluation import EVAL_OBJECTIVES, evaluate
-from .inference.trainer import TRAINING_OBJECTIVES, Trainer, resolve_device
+from .inference.trainer import TRAINING_OBJECTIVES, Trainer, _check_digest, resolve_device, state_digest
 from .models import MODELS, LatentSequenceModel, build
 from .models.nn import check_support
 
@@ -577,6 +577,7 @@ class Estimator:
             "standardizer": None if self.standardizer_ is None else self.standardizer_.state_dict(),
             "history": list(self.history_),
         }
+        state["digest"] = state_digest(state)  # checked by load: a corrupted file is refused
         atomic_save(state, path)
 
     @classmethod
@@ -622,6 +623,8 @@ class Estimator:
                 f"path: {str(path)!r}: the saved model config {config} does not match the saved parameters "
                 f"(the file was edited or written by an incompatible version): {err}"
             ) from err
+        # last, after the specific checks above: any other change since save() (a flipped byte) is refused
+        _check_digest(state, f"path: {str(path)!r}")
         est.model_ = lsm.to(device)
         est.input_dim_ = int(state["input_dim"])
         if state.get("standardizer") is not None:

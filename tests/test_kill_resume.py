@@ -236,3 +236,41 @@ def test_truncated_checkpoint_never_loads(tmp_path, reference):
     with pytest.raises(ValueError, match="checkpoint.pt"):
         tr.fit(train, epochs=1)
     _assert_equal_params(lsm.state_dict(), before)
+
+
+@pytest.mark.filterwarnings("ignore:Trainer. resuming with settings")
+def test_corrupted_checkpoint_is_refused_not_loaded(tmp_path, reference):
+    """A byte flipped anywhere in a written checkpoint (``torch.load`` itself checks no CRC, so most
+    flips would load silently) is refused by the Trainer: the file's checksum no longer matches its
+    content, or the file does not parse. Either way a ValueError, never a wrong state."""
+    import random
+
+    from deepstate.inference.trainer import Trainer, state_digest
+    from deepstate.models import build
+
+    script = _script(tmp_path)
+    _run_to_end(script, tmp_path, tmp_path / "final.pt")
+    path = tmp_path / "ckpt" / "checkpoint.pt"
+    good = path.read_bytes()
+    state = load_checkpoint(path)
+    assert state["digest"] == state_digest({k: v for k, v in state.items() if k != "digest"})
+    lsm = build("dkf", 2, "gaussian", z_dim=2, rnn_dim=4, transition_dim=4, emission_dim=4)
+    rng = random.Random(0)
+    refused = 0
+    for pos in [rng.randrange(len(good)) for _ in range(40)]:
+        bad = bytearray(good)
+        bad[pos] ^= 0xFF
+        path.write_bytes(bytes(bad))
+        tr = Trainer(lsm, checkpoint_dir=path.parent, progress=False)
+        try:
+            tr.load_checkpoint()
+        except ValueError as err:
+            assert "checksum" in str(err) or "not a readable deepstate checkpoint" in str(err), err
+            refused += 1
+            continue
+        # accepted: then it is exactly the saved state (the flip hit bytes that carry no content)
+        loaded = load_checkpoint(path, map_location="cpu")  # (a flip in a storage's location tag is harmless)
+        assert state_digest({k: v for k, v in loaded.items() if k != "digest"}) == state["digest"]
+    assert refused >= 20, refused  # the rest hit bytes that carry no content (zip headers, padding)
+    path.write_bytes(good)
+    Trainer(lsm, checkpoint_dir=path.parent, progress=False).load_checkpoint()

@@ -57,6 +57,20 @@ def _write(path, data: bytes):
     return path
 
 
+def _flip(path):
+    """Corrupt a saved file where it matters: one byte of the last tensor's data (the tensors are
+    stored last in torch's zip file, before the central directory)."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as z:
+        info = max((i for i in z.infolist() if "/data/" in i.filename), key=lambda i: i.header_offset)
+    raw = bytearray(path.read_bytes())
+    header = 30 + len(info.filename.encode()) + int.from_bytes(raw[info.header_offset + 28: info.header_offset + 30],
+                                                                 "little")
+    raw[info.header_offset + header] ^= 0x01
+    path.write_bytes(bytes(raw))
+
+
 # (id, function of (est, lsm, tmp_path), exception type, fragment of the message)
 CASES = [
     # ---- data constructors
@@ -166,6 +180,8 @@ CASES = [
      ValueError, "deepstate.trainer_checkpoint"),
     ("estimator-load-trainer-checkpoint", lambda e, m, p: (Trainer(m, progress=False).save_checkpoint(p / "t.pt"),
                                                            Estimator.load(p / "t.pt")), ValueError, "deepstate.estimator"),
+    ("estimator-load-corrupted", lambda e, m, p: (e.save(p / "e.pt"), _flip(p / "e.pt"), Estimator.load(p / "e.pt")),
+     ValueError, "checksum"),
     ("estimator-save-unfitted", lambda e, m, p: Estimator(**TINY).save(p / "e.pt"), RuntimeError, "not fitted"),
     ("trainer-load_checkpoint-no-dir", lambda e, m, p: Trainer(m, progress=False).load_checkpoint(), ValueError, "path"),
     # ---- scores

@@ -192,6 +192,46 @@ def select_state(state: dict, positions: torch.Tensor, detach: bool = True) -> d
     }
 
 
+def state_digest(obj) -> str:
+    """SHA-256 of a checkpoint's content (tensors by dtype, shape and bytes; other values by ``repr``;
+    dict keys sorted), stored in the file as ``"digest"`` and checked on loading, so that a file
+    corrupted after it was written (a flipped byte: ``torch.load`` checks no zip CRC) is refused
+    instead of loading as a wrong state. Independent of the device the tensors are on."""
+    import hashlib
+
+    h = hashlib.sha256()
+
+    def visit(o):
+        if isinstance(o, torch.Tensor):
+            t = o.detach().to("cpu").contiguous()
+            h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        elif isinstance(o, dict):
+            h.update(f"D{len(o)}".encode())
+            for k in sorted(o, key=repr):
+                h.update(repr(k).encode())
+                visit(o[k])
+        elif isinstance(o, (list, tuple)):
+            h.update(f"L{len(o)}".encode())
+            for v in o:
+                visit(v)
+        else:
+            h.update(f"V{o!r}".encode())
+
+    visit(obj)
+    return h.hexdigest()
+
+
+def _check_digest(state: dict, what: str) -> None:
+    """``ValueError`` when a state carrying a ``"digest"`` does not match it (files without one pass)."""
+    saved = state.get("digest")
+    if saved is None:
+        return
+    if saved != state_digest({k: v for k, v in state.items() if k != "digest"}):
+        raise ValueError(f"{what}: the checkpoint's content does not match its checksum (the file was corrupted "
+                         f"or edited after it was written); refusing to resume from a wrong state")
+
+
 def _finite_or_none(v):
     if isinstance(v, float) and not math.isfinite(v):
         return None
@@ -613,11 +653,13 @@ class Trainer:
             raise ValueError("path: no path given and the trainer has no checkpoint_dir")
         state = self.state_dict()
         if self._dist is None:
+            state["digest"] = state_digest(state)
             return atomic_save(state, path)
         # distributed: a collective (every rank must call it); rank 0 writes every rank's RNG state
         state["rng_ranks"] = _dist.all_gather_object(self._dist, state["rng"])
         state["world_size"] = self.world_size
         if self.rank == 0:
+            state["digest"] = state_digest(state)
             atomic_save(state, path)
         _dist.barrier(self._dist)
         return Path(path)
@@ -627,6 +669,7 @@ class Trainer:
         match the checkpoint's (``ValueError`` otherwise)."""
         if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
             raise ValueError("state: not a deepstate trainer checkpoint")
+        _check_digest(state, "checkpoint")
         cfg, mine = state.get("config"), getattr(self.lsm, "config", None)
         if cfg is not None and mine is not None and cfg != mine:
             raise ValueError(f"checkpoint: saved for model config {cfg}, but this trainer's model has config {mine}")
@@ -667,6 +710,7 @@ class Trainer:
         if path is None:
             raise ValueError("path: no path given and the trainer has no checkpoint_dir")
         state = load_checkpoint(path, map_location=self.device, kind=CHECKPOINT_FORMAT)
+        _check_digest(state, f"path: {str(path)!r}")
         self.load_state_dict(state, restore_rng=restore_rng)
         self._data_fingerprint = state.get("data")
 
@@ -711,11 +755,14 @@ class Trainer:
         if self._dist is None:
             if not self.checkpoint_path.is_file():
                 return None
-            return load_checkpoint(self.checkpoint_path, map_location=self.device, kind=CHECKPOINT_FORMAT)
+            state = load_checkpoint(self.checkpoint_path, map_location=self.device, kind=CHECKPOINT_FORMAT)
+            _check_digest(state, f"checkpoint_dir: {str(self.checkpoint_path)!r}")
+            return state
         box = None
         if self.rank == 0 and self.checkpoint_path.is_file():
             try:
                 box = ("ok", load_checkpoint(self.checkpoint_path, map_location="cpu", kind=CHECKPOINT_FORMAT))
+                _check_digest(box[1], f"checkpoint_dir: {str(self.checkpoint_path)!r}")
             except Exception as err:  # tell the other ranks instead of leaving them waiting
                 box = ("error", f"{type(err).__name__}: {err}")
         box = _dist.broadcast_object(self._dist, box)
