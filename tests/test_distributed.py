@@ -3,7 +3,7 @@
 The module is also the workers' script: ``torchrun --nproc_per_node=2 tests/test_distributed.py MODE OUT``
 runs :func:`_worker`, where every rank saves ``OUT/<name>.rank<r>.pt``; the tests compare the ranks
 with each other and with single-process runs made here. Two launches serve most tests (module-scoped
-fixtures), a third runs ``deepstate fit``.
+fixtures); ``deepstate fit`` runs once uninterrupted and once killed and resumed.
 
 * (a) one epoch of the exact-guide LGSSM (every importance weight equals the Kalman likelihood, so
   the gradient is exactly that of ``log p(x)``) with 2 ranks x batch 2 ends with the parameters of
@@ -14,6 +14,10 @@ fixtures), a third runs ``deepstate fit``.
 * (e) validation bounds are identical on every rank; distributed evaluation of the LGSSM equals
   single-process evaluation of the whole split;
 * (f) ``deepstate fit`` under torchrun writes one model file and prints once;
+* (g) ``deepstate fit`` (DKF, FIVO) under torchrun, SIGKILLed (agent and workers) after a checkpoint and
+  rerun, resumes and ends with exactly the parameters and metrics of the uninterrupted run
+  (``python tests/test_distributed.py cli OUT fit ...`` is ``deepstate fit`` with hooks that log
+  checkpoint writes per rank and, with ``HOLD_AT_STEP=k``, stop every rank after step ``k``);
 * a single process never initialises torch.distributed.
 """
 
@@ -127,11 +131,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def torchrun(args, cwd, timeout=TIMEOUT) -> subprocess.CompletedProcess:
+def torchrun_command(args) -> tuple:
+    """``(cmd, env)``: ``torchrun`` with ``NPROC`` ranks on this machine, loopback only, on a free port."""
     env = dict(os.environ, GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     env.pop("WORLD_SIZE", None)
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={NPROC}", "--nnodes=1",
            "--master_addr=127.0.0.1", f"--master_port={_free_port()}", *args]
+    return cmd, env
+
+
+def torchrun(args, cwd, timeout=TIMEOUT) -> subprocess.CompletedProcess:
+    cmd, env = torchrun_command(args)
     r = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     assert r.returncode == 0, f"torchrun failed ({r.returncode}):\n{r.stdout[-4000:]}\n{r.stderr[-6000:]}"
     return r
@@ -232,27 +242,141 @@ def test_validation_and_evaluation_agree_across_ranks(launched):
     assert ev[0]["nats_per_frame"] == pytest.approx(exact, rel=1e-7)  # weights: Kalman likelihood up to rounding
 
 
-def test_cli_fit_under_torchrun(tmp_path):
+CLI_FIT = ["--epochs", "3", "--window", "20", "--batch-size", "2", "--num-particles", "2", "--quiet",
+           "--set", "z_dim=2", "--set", "rnn_dim=4", "--set", "transition_dim=4", "--set", "emission_dim=4"]
+
+
+@pytest.fixture(scope="module")
+def series_csv(tmp_path_factory):
     import numpy as np
 
     t = np.arange(150)
-    csv = tmp_path / "series.csv"
+    csv = tmp_path_factory.mktemp("series") / "series.csv"
     csv.write_text("x\n" + "\n".join(f"{v:.5f}" for v in np.sin(t / 5.0) + 0.1 * np.cos(t)) + "\n")
-    out_dir = tmp_path / "out"
-    out_dir.mkdir()
-    r = torchrun(["-m", "deepstate", "fit", str(csv), "--out", str(out_dir / "m.pt"), "--epochs", "2",
-                  "--window", "20", "--batch-size", "2", "--num-particles", "2", "--quiet", "--checkpoint-dir",
-                  str(tmp_path / "ckpt"), "--set", "z_dim=2", "--set", "rnn_dim=4", "--set", "transition_dim=4",
-                  "--set", "emission_dim=4"], cwd=tmp_path)
+    return csv
+
+
+def _cli_fit_args(csv: Path, run: Path) -> list:
+    (run / "out").mkdir(parents=True, exist_ok=True)
+    return ["fit", str(csv), "--out", str(run / "out" / "m.pt"), "--checkpoint-dir", str(run / "ckpt"), *CLI_FIT]
+
+
+def _records(run: Path) -> list:
+    return [json.loads(line) for line in (run / "out" / "m.metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def cli_reference(tmp_path_factory, series_csv):
+    """``deepstate fit`` under torchrun, uninterrupted."""
+    run = tmp_path_factory.mktemp("cli_ref")
+    t0 = time.perf_counter()
+    r = torchrun(["-m", "deepstate", *_cli_fit_args(series_csv, run)], cwd=run)
+    print(f"\ntorchrun deepstate fit: {time.perf_counter() - t0:.1f}s")
+    return run, r
+
+
+def test_cli_fit_under_torchrun(cli_reference):
+    run, r = cli_reference
+    out_dir = run / "out"
     assert sorted(p.name for p in out_dir.iterdir()) == ["m.config.json", "m.metrics.jsonl", "m.pt"]  # once
     assert r.stdout.count("saved ") == 1, r.stdout
-    records = [json.loads(line) for line in (out_dir / "m.metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in records if r["kind"] == "epoch"] == [1, 2]  # rank 0 alone logged
-    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["checkpoint.pt"]
+    records = _records(run)
+    assert [r["epoch"] for r in records if r["kind"] == "epoch"] == [1, 2, 3]  # rank 0 alone logged
+    steps = [r["global_step"] for r in records if r["kind"] == "step"]
+    assert steps == list(range(1, len(steps) + 1))
+    assert sorted(p.name for p in (run / "ckpt").iterdir()) == ["checkpoint.pt"]
     from deepstate.estimator import Estimator
 
     est = Estimator.load(str(out_dir / "m.pt"))
-    assert len(est.history_) == 2
+    assert len(est.history_) == 3
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+
+
+def _killpg(pid: int) -> None:
+    import signal
+
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def test_cli_fit_resumes_after_kill(tmp_path, series_csv, cli_reference):
+    """``deepstate fit`` under torchrun, SIGKILLed (the torchrun agent and both workers) in epoch 3
+    after the epoch-2 checkpoint, then the same command rerun: it resumes from the checkpoint and ends
+    with exactly (``torch.equal``) the parameters and metrics of the uninterrupted run; rank 0 alone
+    wrote checkpoints, the model file and the metrics log, each once."""
+    from deepstate.estimator import Estimator
+
+    ref_run, _ = cli_reference
+    ref_records = _records(ref_run)
+    per_epoch = [r["steps"] for r in ref_records if r["kind"] == "epoch"]
+    hold = sum(per_epoch[:2]) + 1  # the first step of epoch 3: the last checkpoint is epoch 2's
+    run = tmp_path / "run"
+    args = [__file__, "cli", str(run), *_cli_fit_args(series_csv, run)]
+    cmd, env = torchrun_command(args)
+    t0 = time.perf_counter()
+    with open(tmp_path / "killed.out", "w") as so, open(tmp_path / "killed.err", "w") as se:
+        proc = subprocess.Popen(cmd, cwd=run, env={**env, "HOLD_AT_STEP": str(hold)}, stdout=so, stderr=se,
+                                start_new_session=True)  # its own process group: killpg reaches the agent
+    workers = []
+    try:
+        held = [run / f"held.rank{r}" for r in range(NPROC)]
+        deadline = time.monotonic() + TIMEOUT
+        while not all(p.exists() and p.read_text() for p in held):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"the run to be killed did not reach step {hold} (rc {proc.poll()}):\n"
+                            f"{(tmp_path / 'killed.err').read_text()[-6000:]}")
+            time.sleep(0.1)
+        workers = [int(p.read_text()) for p in held]
+        assert (run / "ckpt" / "checkpoint.pt").is_file()
+        assert [r["epoch"] for r in _records(run) if r["kind"] == "epoch"] == [1, 2]
+        # torchrun starts each worker in a session of its own: kill the agent's group, then each worker's
+        _killpg(proc.pid)
+        for pid in workers:
+            _killpg(pid)
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while any(_alive(pid) for pid in workers):
+            assert time.monotonic() < deadline, "workers survived SIGKILL"
+            time.sleep(0.05)
+    finally:
+        for pid in [proc.pid, *workers]:
+            _killpg(pid)
+    t1 = time.perf_counter()
+    assert proc.returncode == -9
+    assert not (run / "out" / "m.pt").exists()  # killed before the end: no model yet
+    r = torchrun(args, cwd=run)  # the same command again
+    print(f"\nkilled launch: {t1 - t0:.1f}s, resumed launch: {time.perf_counter() - t1:.1f}s")
+    assert "resumed from" in r.stdout and "at epoch 2;" in r.stdout, r.stdout
+    assert r.stdout.count("saved ") == 1, r.stdout
+
+    ref = Estimator.load(str(ref_run / "out" / "m.pt")).model_.state_dict()
+    got = Estimator.load(str(run / "out" / "m.pt")).model_.state_dict()
+    assert ref.keys() == got.keys()
+    for k in ref:
+        assert torch.equal(ref[k], got[k]), k
+    # rank 0 alone wrote: one model file, one metrics log, one checkpoint (written by rank 0 only)
+    assert sorted(p.name for p in (run / "out").iterdir()) == ["m.config.json", "m.metrics.jsonl", "m.pt"]
+    assert sorted(p.name for p in (run / "ckpt").iterdir()) == ["checkpoint.pt"]
+    assert (run / "saves.rank0.log").is_file() and not (run / "saves.rank1.log").exists()
+    saves = [int(x) for x in (run / "saves.rank0.log").read_text().split()]
+    n = sum(per_epoch)
+    assert saves == [per_epoch[0], sum(per_epoch[:2]), n]  # epoch ends; the killed epoch's once, after resume
+    records = _records(run)
+    strip = lambda rs: [{k: v for k, v in x.items() if k != "seconds"} for x in rs if x["kind"] == "epoch"]  # noqa: E731
+    assert strip(records) == strip(ref_records)  # each epoch logged once, with the uninterrupted numbers
+    steps = [x["global_step"] for x in records if x["kind"] == "step"]
+    assert steps == list(range(1, hold + 1)) + list(range(hold, n + 1))  # step `hold` again after the resume
+    last = {x["global_step"]: x for x in records if x["kind"] == "step"}
+    assert last == {x["global_step"]: x for x in ref_records if x["kind"] == "step"}
 
 
 def test_single_process_never_initialises_torch_distributed(monkeypatch):
@@ -287,5 +411,38 @@ def test_shard_minibatch_indices():
         shard_minibatch_indices(glob, 2, 2)
 
 
+def _cli_worker(out: Path, argv: list) -> int:
+    """``deepstate fit`` (``argv``) with two hooks: every checkpoint write appends its global step to
+    ``OUT/saves.rank<r>.log``; with ``HOLD_AT_STEP=k`` in the environment, every rank stops after global
+    step ``k`` (logged, and checkpointed if due), writes ``OUT/held.rank<r>`` (its pid) and waits for the kill."""
+    import deepstate.inference.trainer as trainer_mod
+    from deepstate.cli import main
+
+    torch.set_num_threads(1)
+    rank = int(os.environ["RANK"])
+    hold = int(os.environ.get("HOLD_AT_STEP", "0"))
+    real_save, real_after_step = trainer_mod.atomic_save, trainer_mod.Trainer._after_step
+
+    def logged_save(obj, path):
+        res = real_save(obj, path)
+        with open(out / f"saves.rank{rank}.log", "a") as f:
+            f.write(f"{obj['global_step']}\n")
+        return res
+
+    def after_step(self, *args, **kwargs):
+        record = real_after_step(self, *args, **kwargs)
+        if hold and self.global_step == hold:
+            (out / f"held.rank{rank}").write_text(str(os.getpid()))
+            while True:  # until SIGKILL
+                time.sleep(0.05)
+        return record
+
+    trainer_mod.atomic_save = logged_save
+    trainer_mod.Trainer._after_step = after_step
+    return main(argv)
+
+
 if __name__ == "__main__":
+    if sys.argv[1] == "cli":
+        sys.exit(_cli_worker(Path(sys.argv[2]), sys.argv[3:]))
     _worker(sys.argv[1], Path(sys.argv[2]))
