@@ -22,6 +22,7 @@ import torch
 from deepstate.data import load_dataset
 from deepstate.estimator import Estimator
 from deepstate.forecasting.backtest import backtest
+from deepstate.report import fit_lgssm  # maximum likelihood from several starts; the best wins
 
 CONFIGS = {
     # yearly sunspot numbers 1700-2008: an ~11-year quasi-cycle with varying amplitude, skewed, >= 0
@@ -48,18 +49,6 @@ def deep_model(args) -> Estimator:
     return Estimator("dkf", likelihood=args.likelihood, objective=args.objective, num_particles=args.num_particles,
                      seed=args.seed, z_dim=args.z_dim, transition_dim=args.hidden, emission_dim=args.hidden,
                      rnn_dim=args.hidden, augmented=args.augmented)
-
-
-def fit_lgssm(train, z_dim: int, starts: int, seed: int) -> Estimator:
-    """Maximum likelihood from ``starts`` random initialisations; the best training likelihood wins
-    (the LGSSM likelihood is multimodal for z >= 2)."""
-    best = None
-    for k in range(starts):
-        est = Estimator("lgssm", objective="exact", z_dim=z_dim, dtype=torch.float64, seed=seed + k)
-        est.fit(train, epochs=100, progress=False)
-        if best is None or est.history_[-1]["train_bound"] > best.history_[-1]["train_bound"]:
-            best = est
-    return best
 
 
 def markdown_table(df: pd.DataFrame) -> str:

@@ -25,7 +25,7 @@ from typing import Optional
 
 import numpy as np
 
-__all__ = ["run_demo"]
+__all__ = ["run_demo", "fit_lgssm"]
 
 _EXPLAIN = {
     "crps": "continuous ranked probability score: the average distance between the forecast distribution and "
@@ -49,7 +49,7 @@ def _md_table(df, floatfmt="{:.3f}") -> str:
     return "\n".join([head, rule] + rows)
 
 
-def _fit_lgssm(train, z_dim: int, starts: int, seed: int):
+def fit_lgssm(train, z_dim: int, starts: int, seed: int):
     """Exact maximum likelihood from ``starts`` initialisations (the likelihood is multimodal); best wins."""
     import torch
 
@@ -101,7 +101,7 @@ def run_demo(out: str = "deepstate-report", epochs: int = 150, seed: int = 0, qu
         f"fitting on {train.index[0]}-{train.index[-1]}, holding out {test.index[0]}-{test.index[-1]}")
 
     t0 = time.perf_counter()
-    lgssm = _fit_lgssm(train, lgssm_z, lgssm_starts, seed)
+    lgssm = fit_lgssm(train, lgssm_z, lgssm_starts, seed)
     t_lgssm = time.perf_counter() - t0
     log(f"[1/5] linear-Gaussian SSM (z={lgssm_z}, exact maximum likelihood, {lgssm_starts} starts): {t_lgssm:.0f}s")
     t0 = time.perf_counter()

@@ -40,12 +40,9 @@
 import os
 from pathlib import Path
 
-import matplotlib
+from deepstate.notebook import notebook_setup
 
-try:
-    get_ipython  # noqa: B018, F821  (defined inside Jupyter/IPython)
-except NameError:
-    matplotlib.use("Agg")  # a plain script: write the PNGs, open no window
+FAST, OUT, display, show = notebook_setup("checks")  # fast mode, output folder, tables
 import arviz as az
 import matplotlib.pyplot as plt
 import numpy as np
@@ -59,27 +56,11 @@ from deepstate.estimator import Estimator
 from deepstate.models.lgssm import LinearGaussianSSM
 from deepstate.plots.checks import ppc_panels
 
-try:
-    from IPython.display import display  # rich tables in a notebook, printed when run as a plain script
-except ImportError:  # plain python without IPython
-    display = print
-pd.set_option("display.width", 160, "display.max_columns", 20)  # whole tables when run as a script
-FAST = os.environ.get("DEEPSTATE_FAST", "") not in ("", "0")
-OUT = Path(os.environ.get("DEEPSTATE_OUT", "notebook-out/checks"))
-OUT.mkdir(parents=True, exist_ok=True)
-torch.set_num_threads(1)  # small tensors: extra intra-op threads only add overhead on a few cores
 B, T = (6, 40) if FAST else (20, 100)
 S = 60 if FAST else 500                       # replicates
 EPOCHS = dict(lgssm=20 if FAST else 100, poisson=8 if FAST else 150)
 print("fast mode" if FAST else "full mode", dict(sequences=B, steps=T, replicates=S, epochs=EPOCHS))
 
-
-def show(fig, name):
-    """Save a figure under OUT and show it (inline in a notebook; a no-op under Agg)."""
-    fig.savefig(OUT / name, dpi=110, bbox_inches="tight")
-    if matplotlib.get_backend().lower() != "agg":
-        plt.show()
-    plt.close(fig)
 
 
 def flagged(table, alpha=0.01):

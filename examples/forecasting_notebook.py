@@ -32,16 +32,10 @@
 # `$DEEPSTATE_OUT` (default `notebook-out/forecasting`).
 
 # %%
-import os
 import time
-from pathlib import Path
+from deepstate.notebook import notebook_setup
 
-import matplotlib
-
-try:
-    get_ipython  # noqa: B018, F821  (defined inside Jupyter/IPython)
-except NameError:
-    matplotlib.use("Agg")  # a plain script: write the PNGs, open no window
+FAST, OUT, display, show = notebook_setup("forecasting")  # fast mode, output folder, tables
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -54,16 +48,7 @@ from deepstate.forecasting.backtest import backtest
 from deepstate.plots import pit_histogram
 from deepstate.scores import pit_from_samples, pit_normal, pit_uniformity
 
-try:
-    from IPython.display import display  # rich tables in a notebook, printed when run as a plain script
-except ImportError:  # plain python without IPython
-    display = print
-pd.set_option("display.width", 160, "display.max_columns", 20)  # whole tables when run as a script
-FAST = os.environ.get("DEEPSTATE_FAST", "") not in ("", "0")
-OUT = Path(os.environ.get("DEEPSTATE_OUT", "notebook-out/forecasting"))
-OUT.mkdir(parents=True, exist_ok=True)
 torch.manual_seed(0)
-torch.set_num_threads(1)  # small tensors: extra intra-op threads only add overhead on a few cores
 
 # sizes: fast mode only proves the code runs end to end
 CFG = dict(
@@ -77,13 +62,6 @@ CFG = dict(
 )
 print("fast mode" if FAST else "full mode", CFG)
 
-
-def show(fig, name):
-    """Save a figure under OUT and show it (inline in a notebook; a no-op under Agg)."""
-    fig.savefig(OUT / name, dpi=110, bbox_inches="tight")
-    if matplotlib.get_backend().lower() != "agg":
-        plt.show()
-    plt.close(fig)
 
 # %% [markdown]
 # ## 1. Load and split

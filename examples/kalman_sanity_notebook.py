@@ -34,15 +34,9 @@
 # `DEEPSTATE_FAST=1` runs small sizes (seconds); without it, more particles and repeats.
 
 # %%
-import os
-from pathlib import Path
+from deepstate.notebook import notebook_setup
 
-import matplotlib
-
-try:
-    get_ipython  # noqa: B018, F821  (defined inside Jupyter/IPython)
-except NameError:
-    matplotlib.use("Agg")  # a plain script: write the PNGs, open no window
+FAST, OUT, display, show = notebook_setup("kalman_sanity")  # fast mode, output folder, tables
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -53,28 +47,12 @@ from deepstate.inference.particle import logmeanexp, particle_filter
 from deepstate.models.base import PriorGuide
 from deepstate.models.lgssm import LinearGaussianSSM
 
-try:
-    from IPython.display import display  # rich tables in a notebook, printed when run as a plain script
-except ImportError:  # plain python without IPython
-    display = print
-pd.set_option("display.width", 160, "display.max_columns", 20)  # whole tables when run as a script
-FAST = os.environ.get("DEEPSTATE_FAST", "") not in ("", "0")
-OUT = Path(os.environ.get("DEEPSTATE_OUT", "notebook-out/kalman_sanity"))
-OUT.mkdir(parents=True, exist_ok=True)
-torch.set_num_threads(1)  # tiny tensors: extra intra-op threads only add overhead
 
 NS = [1, 4, 16, 64] if FAST else [1, 4, 16, 64, 256, 1024]
 REPEATS = 4 if FAST else 10
 T, B = (30, 4) if FAST else (100, 8)
 print("fast mode" if FAST else "full mode", dict(particles=NS, repeats=REPEATS, T=T, sequences=B))
 
-
-def show(fig, name):
-    """Save a figure under OUT and show it (inline in a notebook; a no-op under Agg)."""
-    fig.savefig(OUT / name, dpi=110, bbox_inches="tight")
-    if matplotlib.get_backend().lower() != "agg":
-        plt.show()
-    plt.close(fig)
 
 # %% [markdown]
 # ## 1. A known model and data simulated from it

@@ -43,12 +43,10 @@ import os
 import time
 from pathlib import Path
 
-import matplotlib
+from deepstate.notebook import notebook_setup
 
-try:
-    get_ipython  # noqa: B018, F821  (defined inside Jupyter/IPython)
-except NameError:
-    matplotlib.use("Agg")  # a plain script: write the files, open no window
+# fast mode, output folder, tables (one torch thread in fast mode only: full mode trains paper-size models)
+FAST, OUT, display, show = notebook_setup("music", single_thread=os.environ.get("DEEPSTATE_FAST", "") not in ("", "0"))
 import matplotlib.pyplot as plt
 import pandas as pd
 import torch
@@ -59,17 +57,7 @@ from deepstate.inference import Trainer, evaluate
 from deepstate.models import build
 from deepstate.plots.music import piano_roll
 
-try:
-    from IPython.display import display  # rich tables in a notebook, printed when run as a plain script
-except ImportError:  # plain python without IPython
-    display = print
-pd.set_option("display.width", 160, "display.max_columns", 20)  # whole tables when run as a script
-FAST = os.environ.get("DEEPSTATE_FAST", "") not in ("", "0")
 IN_CI = os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
-OUT = Path(os.environ.get("DEEPSTATE_OUT", "notebook-out/music"))
-OUT.mkdir(parents=True, exist_ok=True)
-if FAST:
-    torch.set_num_threads(1)
 
 CFG = dict(
     n_train=4 if FAST else None, n_eval=4 if FAST else None,   # None: the whole split
@@ -90,13 +78,6 @@ DEVICE = os.environ.get("DEEPSTATE_DEVICE", "cuda" if torch.cuda.is_available() 
 OBJECTIVES = {"ELBO": "particle_elbo", "IWAE": "iwae", "FIVO": "fivo"}
 print("fast mode" if FAST else "full mode", CFG, "device", DEVICE)
 
-
-def show(fig, name):
-    """Save a figure under OUT and show it (inline in a notebook; a no-op under Agg)."""
-    fig.savefig(OUT / name, dpi=110, bbox_inches="tight")
-    if matplotlib.get_backend().lower() != "agg":
-        plt.show()
-    plt.close(fig)
 
 # %% [markdown]
 # ## 1. Load the chorales
