@@ -34,7 +34,9 @@ def _as_float_tensor(value, name: str) -> torch.Tensor:
             raise TypeError(f"{name}: expected an array-like of numbers, got {type(value).__name__}") from err
         if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
             raise TypeError(f"{name}: expected numeric values, got dtype {arr.dtype}")
-        t = torch.from_numpy(np.ascontiguousarray(arr))
+        arr = np.ascontiguousarray(arr)
+        # read-only arrays (pandas' .to_numpy() views) are copied: torch tensors must be writable
+        t = torch.from_numpy(arr if arr.flags.writeable else arr.copy())
     if not (t.is_floating_point() or t.dtype in (torch.bool, torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)):
         raise TypeError(f"{name}: expected a real-valued tensor, got dtype {t.dtype}")
     if not t.is_floating_point():
