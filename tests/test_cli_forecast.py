@@ -107,3 +107,20 @@ def test_backtest_bad_origins(series_csv, model_path):
     d, path = series_csv
     r = run("backtest", str(model_path), str(path), "--horizon", "3", "--origins", "500", "--out", str(d / "y.csv"))
     assert r.returncode == 2 and "--origins" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_demo_main_job_writes_report_and_figures(tmp_path):
+    """The README's main job end to end (1 training epoch: the pipeline, not the quality)."""
+    out = tmp_path / "report"
+    r = run("demo", "--epochs", "1", "--quiet", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert f"report: {out / 'report.md'}" in r.stdout
+    text = (out / "report.md").read_text()
+    for fragment in ("Rolling-origin backtest", "Best by CRPS", "Forecast beyond 2008", "Posterior predictive checks"):
+        assert fragment in text
+    for png in ("backtest.png", "forecast_dkf.png", "forecast_lgssm.png", "forecast_dkf_holdout.png",
+                "latent_lgssm.png", "checks_lgssm.png", "checks_dkf.png"):
+        assert (out / png).stat().st_size > 1000, png
+        assert f"]({png})" in text  # every figure is shown in the report
+    summary = pd.read_csv(out / "backtest_summary.csv", index_col=0)
+    assert {"lgssm (exact)", "dkf (particles)", "persistence", "seasonal_naive"} <= set(summary.index)
