@@ -823,8 +823,8 @@ def _parser():
                        epilog="example: deepstate demo --out deepstate-report")
     d.add_argument("--out", default="deepstate-report", help="output folder (default: deepstate-report)")
     d.add_argument("--epochs", type=int, default=150, help="at most this many deep-model epochs (early stopping)")
-    d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--quiet", action="store_true")
+    d.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    d.add_argument("--quiet", action="store_true", help="no progress bars")
     d.set_defaults(func=_cmd_demo)
 
     s = sub.add_parser("datasets", help="list the built-in datasets and where each is found",
@@ -868,7 +868,7 @@ def _parser():
     f.add_argument("--validate", action="store_true", help="track the held-out bound and keep the best epoch")
     f.add_argument("--checkpoint-dir", default=None, metavar="DIR",
                    help="checkpoint every epoch into DIR; a rerun with the same DIR resumes")
-    f.add_argument("--seed", type=_seed, default=0)
+    f.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
     f.add_argument("--quiet", action="store_true", help="no progress bar")
     f.set_defaults(func=_cmd_fit)
 
@@ -876,7 +876,7 @@ def _parser():
                        description="Estimate log p(test split of DATA) per frame with a particle bound.",
                        epilog="example: deepstate evaluate m.pt sunspots --objective iwae --num-particles 256",
                        formatter_class=_RAW)
-    e.add_argument("model_path")
+    e.add_argument("model_path", metavar="MODEL.pt", help="a model saved by `deepstate fit` (or Estimator.save)")
     e.add_argument("data", help="dataset name, CSV, .npy or .npz file (its test split is scored)")
     e.add_argument("--objective", default="fivo", choices=["fivo", "iwae", "elbo"])
     e.add_argument("--num-particles", type=_pos_int, default=128)
@@ -887,10 +887,10 @@ def _parser():
                               "          deepstate sample jsb.pt --num-sequences 4 --length 64 --midi chorales/ "
                               "--prefix jsb_chorales --prefix-steps 16",
                        formatter_class=_RAW)
-    g.add_argument("model_path")
+    g.add_argument("model_path", metavar="MODEL.pt", help="a model saved by `deepstate fit` (or Estimator.save)")
     g.add_argument("--num-sequences", type=_pos_int, default=1)
     g.add_argument("--length", type=_pos_int, default=50)
-    g.add_argument("--seed", type=_seed, default=0)
+    g.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
     g.add_argument("--out", default=None, help="CSV file (default: stdout, unless --midi is given)")
     g.add_argument("--midi", default=None, metavar="DIR",
                    help="piano-roll models: write sample_<i>.mid per sequence and piano_roll.png into DIR")
@@ -907,7 +907,7 @@ def _parser():
                                     "DIR/piano_roll.png.",
                         epilog="example: deepstate check jsb.pt jsb_chorales --out ppc/ --kind free --num-samples 50",
                         formatter_class=_RAW)
-    ck.add_argument("model_path")
+    ck.add_argument("model_path", metavar="MODEL.pt", help="a model saved by `deepstate fit` (or Estimator.save)")
     ck.add_argument("data", help="dataset name, CSV, .npy or .npz file (its test split is checked)")
     ck.add_argument("--out", required=True, metavar="DIR", help="output folder (created)")
     ck.add_argument("--kind", default="one-step", choices=["one-step", "reconstruction", "free"],
@@ -915,7 +915,7 @@ def _parser():
     ck.add_argument("--num-samples", type=_pos_int, default=100, help="replicates S (default 100)")
     ck.add_argument("--max-sequences", type=_pos_int, default=None,
                     help="check only the first N test sequences (memory: S x N x T x D values)")
-    ck.add_argument("--seed", type=_seed, default=0)
+    ck.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
     ck.set_defaults(func=_cmd_check)
 
     fc = sub.add_parser("forecast", help="forecast beyond the end of a series with intervals",
@@ -926,15 +926,15 @@ def _parser():
                         epilog="example: deepstate forecast sunspots.pt sunspots --horizon 10 --out fc.csv "
                                "--plot fan.png",
                         formatter_class=_RAW)
-    fc.add_argument("model_path")
-    fc.add_argument("data")
-    fc.add_argument("--horizon", type=_pos_int, required=True)
+    fc.add_argument("model_path", metavar="MODEL.pt", help="a model saved by `deepstate fit` (or Estimator.save)")
+    fc.add_argument("data", metavar="DATA", help="a dataset name (see `deepstate datasets`), a CSV, or a .npy/.npz array")
+    fc.add_argument("--horizon", type=_pos_int, required=True, help="steps to forecast beyond the data")
     fc.add_argument("--levels", default="0.5,0.8,0.95", help="central interval levels (default 0.5,0.8,0.95)")
-    fc.add_argument("--num-samples", type=_pos_int, default=1000)
+    fc.add_argument("--num-samples", type=_pos_int, default=1000, help="sample paths (default 1000)")
     fc.add_argument("--out", required=True, help="CSV: mean and quantile columns (q0.1 = 10%% quantile)")
     fc.add_argument("--plot", default=None, help="PNG fan chart (several sequences: PLOT_<i>.png)")
     fc.add_argument("--plot-history", type=_pos_int, default=100, help="history steps shown in the fan chart")
-    fc.add_argument("--seed", type=_seed, default=0)
+    fc.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
     fc.set_defaults(func=_cmd_forecast)
 
     bt = sub.add_parser("backtest", help="rolling-origin backtest against statsmodels baselines",
@@ -944,18 +944,18 @@ def _parser():
                         epilog="example: deepstate backtest sunspots.pt sunspots --horizon 10 --origins 51 "
                                "--season 11 --out scores.csv --plot scores.png",
                         formatter_class=_RAW)
-    bt.add_argument("model_path")
-    bt.add_argument("data")
-    bt.add_argument("--horizon", type=_pos_int, required=True)
-    bt.add_argument("--origins", type=_pos_int, default=30)
+    bt.add_argument("model_path", metavar="MODEL.pt", help="a model saved by `deepstate fit` (or Estimator.save)")
+    bt.add_argument("data", metavar="DATA", help="a dataset name (see `deepstate datasets`), a CSV, or a .npy/.npz array")
+    bt.add_argument("--horizon", type=_pos_int, required=True, help="steps forecast from each origin")
+    bt.add_argument("--origins", type=_pos_int, default=30, help="number of forecast origins K, the last K possible (default 30)")
     bt.add_argument("--season", type=_pos_int, default=None, help="season length (seasonal naive baseline and MASE)")
-    bt.add_argument("--levels", default="0.5,0.8,0.95")
+    bt.add_argument("--levels", default="0.5,0.8,0.95", help="central interval levels scored (default 0.5,0.8,0.95)")
     bt.add_argument("--sarimax-order", default="2,0,0", help="p,d,q of the SARIMAX baseline")
-    bt.add_argument("--num-samples", type=_pos_int, default=500)
+    bt.add_argument("--num-samples", type=_pos_int, default=500, help="sample paths per origin (default 500)")
     bt.add_argument("--out", required=True, help="CSV of per-origin scores")
     bt.add_argument("--plot", default=None, help="PNG of the summary scores")
-    bt.add_argument("--seed", type=_seed, default=0)
-    bt.add_argument("--quiet", action="store_true")
+    bt.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
+    bt.add_argument("--quiet", action="store_true", help="no progress bars")
     bt.set_defaults(func=_cmd_backtest)
     return p
 
