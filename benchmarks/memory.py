@@ -119,8 +119,9 @@ def main() -> None:
         if "error" in r:
             print(f"| {' '.join(r['argv'])} | error: {r['error'][-120:]} | | |")
         elif r["config"] == "train":
-            k = "full BPTT" if r["tbptt"] is None else f"tbptt={r['tbptt']}"
-            print(f"| train, T = {r['T']:,}, {k} ({r['steps']} steps) | {r['peak_rss_mb']:.0f} | "
+            k = "full BPTT, 1 optimiser step" if r["tbptt"] is None else \
+                f"tbptt={r['tbptt']}, {-(-r['T'] // r['tbptt'])} optimiser steps"
+            print(f"| train, T = {r['T']:,}, {k} | {r['peak_rss_mb']:.0f} | "
                   f"{r['above_baseline_mb']:.0f} | {r['seconds']:.1f} |")
         else:
             print(f"| evaluate iwae N = {r['num_particles']:,}, JSB test ({r['sequences']} seqs, {r['frames']:,} "
