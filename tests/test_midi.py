@@ -5,7 +5,7 @@ import wave
 import numpy as np
 import pytest
 
-mido = pytest.importorskip("mido")
+import mido
 
 from deepstate.data.midi import midi_to_piano_roll, piano_roll_to_midi, render_wav, roll_to_notes  # noqa: E402
 
@@ -119,7 +119,7 @@ def test_bad_input(tmp_path):
 
 
 def test_torch_and_bool_rolls(tmp_path):
-    torch = pytest.importorskip("torch")
+    import torch
     roll = _roll()
     a = midi_to_piano_roll(piano_roll_to_midi(torch.from_numpy(roll), tmp_path / "a.mid"))
     b = midi_to_piano_roll(piano_roll_to_midi(roll.astype(bool), tmp_path / "b.mid"))

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-jupytext = pytest.importorskip("jupytext")
-nbclient = pytest.importorskip("nbclient")
-pytest.importorskip("ipykernel")
+import ipykernel  # noqa: F401  (the kernel nbclient starts)
+import jupytext
+import nbclient
 
 from conftest import _in_ci  # noqa: E402
 

@@ -169,7 +169,7 @@ def test_training_curves_from_history_records(tmp_path):
 
 
 def test_training_curves_from_real_trainer(tmp_path):
-    torch = pytest.importorskip("torch")
+    import torch
     from deepstate.data import SequenceBatch
     from deepstate.inference.trainer import Trainer
     from deepstate.models import build

@@ -27,7 +27,8 @@ import torch
 from ..data import SequenceBatch
 from ..inference.particle import particle_filter
 from ..models.base import Carry, LatentSequenceModel, StateSpaceModel
-from ..models.rollout import RolloutState, _feature_initial, gather_leading
+from ..inference.evaluation import _pos_int
+from ..models.rollout import RolloutState, gather_leading
 
 __all__ = ["FilteredState", "filter_history", "feature_state"]
 
@@ -64,9 +65,7 @@ class FilteredState:
 
         Draws use torch's global RNG.
         """
-        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-            raise ValueError(f"num_samples: expected a positive int, got {num_samples!r}")
-        S = num_samples
+        S = _pos_int(num_samples, "num_samples")
         idx = torch.multinomial(torch.softmax(self.log_weights, 0).T, S, replacement=True).T  # [S, B]
         s = gather_leading(self.s, idx)
         B = self.x_last.shape[0]
@@ -86,7 +85,7 @@ def feature_state(ssm: StateSpaceModel, batch: SequenceBatch):
     last = (batch.lengths - 1).to(batch.x.device)
     x_last, obs_last = batch.x[b, last], batch.observed[b, last]
     # a history that starts mid-series (a window, a chunk) starts its features at its absolute position
-    f = _feature_initial(ssm, (B,), batch.offset)
+    f = ssm.feature_initial((B,), start=0 if batch.offset is None else batch.offset)
     if not f:
         return {}, x_last, obs_last
     x_prev = torch.zeros_like(batch.x[:, 0])
@@ -117,8 +116,7 @@ def filter_history(
     Returns:
         :class:`FilteredState`. Draws use torch's global RNG.
     """
-    if isinstance(num_particles, bool) or not isinstance(num_particles, int) or num_particles < 1:
-        raise ValueError(f"num_particles: expected a positive int, got {num_particles!r}")
+    num_particles = _pos_int(num_particles, "num_particles")
     ref = next(lsm.parameters())
     batch = batch.to(device=ref.device, dtype=ref.dtype)
     B = batch.batch_size

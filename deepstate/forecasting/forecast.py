@@ -30,6 +30,7 @@ import torch
 
 from ..data import SequenceBatch
 from ..data.convert import extend_index
+from ..inference.evaluation import _pos_int
 from ..models.base import LatentSequenceModel
 from ..models.rollout import RolloutState, rollout
 from .filtering import feature_state, filter_history
@@ -163,6 +164,16 @@ def _has_exact(lsm: LatentSequenceModel) -> bool:
     return hasattr(lsm.ssm, "kalman")
 
 
+def use_exact(lsm: LatentSequenceModel, method: str) -> bool:
+    """Whether ``method`` (``"auto"``, ``"particles"``, ``"exact"``) takes the Kalman path for this model;
+    ValueError naming ``method`` for an unknown one or ``"exact"`` on a model without a Kalman filter."""
+    if method not in FORECAST_METHODS:
+        raise ValueError(f"method: expected one of {FORECAST_METHODS}, got {method!r}")
+    if method == "exact" and not _has_exact(lsm):
+        raise ValueError("method: 'exact' needs a model with a Kalman filter (lgssm, deepstate)")
+    return method == "exact" or (method == "auto" and _has_exact(lsm))
+
+
 def _extend(batch: SequenceBatch, horizon: int, u_future: Optional[torch.Tensor]) -> SequenceBatch:
     """Each history followed by ``horizon`` unobserved steps (with the future covariates)."""
     B, T, D = batch.x.shape
@@ -236,15 +247,9 @@ def forecast(
     Returns:
         :class:`Forecast` on the original scale.
     """
-    if isinstance(horizon, bool) or not isinstance(horizon, (int, np.integer)) or horizon < 1:
-        raise ValueError(f"horizon: expected a positive int, got {horizon!r}")
-    for name, v in (("num_samples", num_samples), ("num_particles", num_particles)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-            raise ValueError(f"{name}: expected a positive int, got {v!r}")
-    if method not in FORECAST_METHODS:
-        raise ValueError(f"method: expected one of {FORECAST_METHODS}, got {method!r}")
-    if method == "exact" and not _has_exact(lsm):
-        raise ValueError("method: 'exact' needs a model with a Kalman filter (lgssm, deepstate)")
+    horizon, num_samples, num_particles = (_pos_int(v, name) for v, name in (
+        (horizon, "horizon"), (num_samples, "num_samples"), (num_particles, "num_particles")))
+    exact = use_exact(lsm, method)
     if not isinstance(history, SequenceBatch):
         raise TypeError(f"history: expected a SequenceBatch, got {type(history).__name__}")
     if history.dim != lsm.x_dim:
@@ -256,7 +261,6 @@ def forecast(
     ref = next(lsm.parameters())
     batch = history.to(device=ref.device, dtype=ref.dtype)
     u_future = _check_covariates(lsm, batch, covariates, horizon)
-    exact = method == "exact" or (method == "auto" and _has_exact(lsm))
     with torch.random.fork_rng(devices=[]):
         if seed is not None:
             torch.manual_seed(int(seed))

@@ -28,7 +28,8 @@ import torch
 from ..data import SequenceBatch
 from ..inference.particle import _default_sampler, particle_filter
 from ..models.base import LatentSequenceModel
-from .forecast import _norm_ppf, check_levels
+from ..inference.evaluation import _pos_int
+from .forecast import _norm_ppf, check_levels, use_exact
 
 __all__ = ["LatentTrajectories", "latent_trajectories"]
 
@@ -103,13 +104,8 @@ def latent_trajectories(
     if kind not in ("smoothed", "filtered", "guide"):
         raise ValueError(f"kind: expected 'smoothed', 'filtered' or 'guide', got {kind!r}")
     (level,) = check_levels(level, "level")
-    if method not in ("auto", "particles", "exact"):
-        raise ValueError(f"method: expected 'auto', 'particles' or 'exact', got {method!r}")
-    if isinstance(num_particles, bool) or not isinstance(num_particles, (int, np.integer)) or num_particles < 1:
-        raise ValueError(f"num_particles: expected a positive int, got {num_particles!r}")
-    exact_ok = hasattr(lsm.ssm, "kalman")
-    if method == "exact" and not exact_ok:
-        raise ValueError("method: 'exact' needs a model with a Kalman filter (lgssm, deepstate)")
+    exact = use_exact(lsm, method)
+    num_particles = _pos_int(num_particles, "num_particles")
     ref = next(lsm.parameters())
     batch = batch.to(device=ref.device, dtype=ref.dtype)
     lo_q, hi_q = (1 - level) / 2, (1 + level) / 2
@@ -117,7 +113,7 @@ def latent_trajectories(
     to_np = lambda t: t.detach().to("cpu", torch.float64).numpy()  # noqa: E731
     if kind == "guide" and method == "exact":
         raise ValueError("method: kind='guide' summarises the guide's draws; use method='particles'")
-    if (method == "exact" or (method == "auto" and exact_ok)) and kind != "guide":
+    if exact and kind != "guide":
         kf = lsm.ssm.kalman(batch)
         if kind == "filtered":
             mean, cov = kf.filtered_mean, kf.filtered_cov

@@ -31,7 +31,9 @@ import torch
 from ..data import SequenceBatch
 from ..models.base import LatentSequenceModel
 from ..models.rollout import rollout
+from ..inference.evaluation import _pos_int
 from .filtering import filter_history
+from .forecast import use_exact
 
 __all__ = ["OneStepAhead", "one_step_ahead", "predictive_log_likelihood", "join_histories"]
 
@@ -101,15 +103,10 @@ def one_step_ahead(
         method: ``"auto"`` (exact for models with a Kalman filter), ``"particles"`` or ``"exact"``.
         seed: seed of the draws (``None``: torch's global RNG).
     """
-    if method not in ("auto", "particles", "exact"):
-        raise ValueError(f"method: expected 'auto', 'particles' or 'exact', got {method!r}")
-    if isinstance(num_particles, bool) or not isinstance(num_particles, (int, np.integer)) or num_particles < 1:
-        raise ValueError(f"num_particles: expected a positive int, got {num_particles!r}")
+    exact = use_exact(lsm, method)
+    num_particles = _pos_int(num_particles, "num_particles")
     if future.dim != lsm.x_dim:
         raise ValueError(f"future: expected {lsm.x_dim} dimension(s) per step (as fitted), got {future.dim}")
-    exact_ok = hasattr(lsm.ssm, "kalman")
-    if method == "exact" and not exact_ok:
-        raise ValueError("method: 'exact' needs a model with a Kalman filter (lgssm, deepstate)")
     ref = next(lsm.parameters())
     future = future.to(device=ref.device, dtype=ref.dtype)
     history = None if history is None else history.to(device=ref.device, dtype=ref.dtype)
@@ -117,7 +114,7 @@ def one_step_ahead(
     with torch.random.fork_rng(devices=[]):
         if seed is not None:
             torch.manual_seed(int(seed))
-        if method == "exact" or (method == "auto" and exact_ok):
+        if exact:
             joined = future if history is None else join_histories(history, future)
             kf = lsm.ssm.kalman(joined)
             start = torch.zeros(B, dtype=torch.long) if history is None else history.lengths

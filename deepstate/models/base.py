@@ -113,8 +113,13 @@ class StateSpaceModel(nn.Module):
         """Per-step context ``c`` as a dict of ``[B, T, ...]`` tensors. Default: covariates only."""
         return {} if batch.u is None else {"u": batch.u}
 
-    def feature_initial(self, batch_shape) -> Carry:
-        """State of the sequential feature recursion (e.g. SRNN's ``d_0``). Default: empty."""
+    def feature_initial(self, batch_shape, start=0) -> Carry:
+        """State of the sequential feature recursion (e.g. SRNN's ``d_0``). Default: empty.
+
+        ``start``: absolute position of the first step it will produce (an int or an int64 tensor
+        broadcastable to ``batch_shape``); only models whose features depend on the position (a
+        season) use it.
+        """
         return {}
 
     def feature_step(self, f: Carry, x_prev: torch.Tensor, observed_prev: torch.Tensor, u_t=None):

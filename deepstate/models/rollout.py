@@ -78,19 +78,9 @@ class RolloutState:
         dtype = dtype or ref.dtype
         device = device or ref.device
         shape = (num_samples, batch_size)
-        f = _feature_initial(ssm, shape, start)
+        f = ssm.feature_initial(shape, start=0 if start is None else start)
         x = torch.zeros(*shape, ssm.x_dim, dtype=dtype, device=device)
         return cls(s=ssm.initial(shape), f=f, x_prev=x, observed_prev=torch.zeros_like(x, dtype=torch.bool))
-
-
-def _feature_initial(ssm, batch_shape, start=None) -> Carry:
-    """``ssm.feature_initial``, passing the absolute start position to models that take one."""
-    if start is not None:
-        try:
-            return ssm.feature_initial(batch_shape, start=start)
-        except TypeError:
-            pass
-    return ssm.feature_initial(batch_shape)
 
 
 @dataclasses.dataclass

@@ -52,7 +52,7 @@ class SRNN(StateSpaceModel):
         inp = self._d_input(shift_right(batch.x), shift_right(batch.observed), batch.u)
         return {"d": run_rnn(self.d_rnn, inp, batch.lengths, "forward")}
 
-    def feature_initial(self, batch_shape):
+    def feature_initial(self, batch_shape, start=0):  # d_t does not depend on the position
         return rnn_initial(self.d_rnn, batch_shape, self.z_0)
 
     def feature_step(self, f, x_prev, observed_prev, u_t=None):
