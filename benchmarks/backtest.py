@@ -48,7 +48,7 @@ def deep_model(args) -> Estimator:
     # `augmented` also feeds the previous value to the emission (Krishnan et al. 2017's DMM-Aug)
     return Estimator("dkf", likelihood=args.likelihood, objective=args.objective, num_particles=args.num_particles,
                      seed=args.seed, z_dim=args.z_dim, transition_dim=args.hidden, emission_dim=args.hidden,
-                     rnn_dim=args.hidden, augmented=args.augmented)
+                     rnn_dim=args.hidden, augmented=args.augmented, min_scale=args.min_scale)
 
 
 def markdown_table(df: pd.DataFrame) -> str:
@@ -80,6 +80,7 @@ def main(argv=None):
     p.add_argument("--valid-steps", type=int, default=0,
                    help="hold out the last steps of the training part for early stopping of the DKF (0: none)")
     p.add_argument("--patience", type=int, default=20)
+    p.add_argument("--min-scale", type=float, default=1e-3, help="DKF floor on the transition/emission scales")
     p.add_argument("--ensemble", type=int, default=1, help="also score an ensemble of this many DKF seeds")
     args = p.parse_args(argv)
     cfg = CONFIGS[args.dataset]
