@@ -603,20 +603,9 @@ def _cmd_evaluate(args):
 
 def _write_atomic(path: str, text: str) -> None:
     """Write via a temporary file in the same folder and rename: never a half-written file."""
-    import tempfile
+    from deepstate.atomic import write_text_atomic
 
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".deepstate-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_text_atomic(path, text)
 
 
 def _is_piano_roll(est) -> bool:
@@ -684,21 +673,10 @@ def _write_midi(folder: str, x, prefix, frame_seconds: float) -> None:
 
 def _to_netcdf_atomic(idata, path: str) -> None:
     """``InferenceData.to_netcdf`` via a temporary file in the same folder, then rename."""
-    import tempfile
+    from deepstate.atomic import atomic_path
 
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".deepstate-", suffix=".nc.tmp")
-    os.close(fd)
-    try:
-        idata.to_netcdf(tmp)
-        mask = os.umask(0o022)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp:
+        idata.to_netcdf(str(tmp))
 
 
 def _rolls_from_idata(idata, sequence: int = 0):

@@ -25,6 +25,8 @@ from typing import Optional
 
 import numpy as np
 
+from .atomic import write_text_atomic
+
 __all__ = ["run_demo", "fit_lgssm"]
 
 _EXPLAIN = {
@@ -276,10 +278,7 @@ or 1 flag something the model does not reproduce.
 Files: `backtest_summary.csv`, `backtest_per_origin.csv`, `forecast.csv`, `checks_*.nc` (ArviZ InferenceData),
 PNG figures. Total run time {times['total']:.0f} s.
 """
-    tmp = file + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(tmp, file)
+    write_text_atomic(file, text)
     return file
 
 

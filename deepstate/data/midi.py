@@ -18,12 +18,13 @@ never leaves a half-written file.
 from __future__ import annotations
 
 import os
-import tempfile
 import wave
 from pathlib import Path
 from typing import Any, Callable, List, Tuple, Union
 
 import numpy as np
+
+from ..atomic import atomic_path
 
 __all__ = ["piano_roll_to_midi", "midi_to_piano_roll", "render_wav", "roll_to_notes"]
 
@@ -75,30 +76,11 @@ def roll_to_notes(roll: Any) -> List[Tuple[int, int, int]]:
     return sorted(notes, key=lambda n: (n[1], n[0]))
 
 
-def _umask() -> int:
-    """The process umask (read by setting and restoring it)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def _atomic_write(path: Union[str, os.PathLike], write: Callable[[Any], None], suffix: str) -> Path:
     """Write through ``write(file_object)`` into a temp file next to ``path``, then rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix + ".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        write(f)
+    return Path(path)
 
 
 def piano_roll_to_midi(
