@@ -39,7 +39,7 @@ def get_data_dir() -> Path:
     elif not Path(env).is_dir():
         reason = f"DEEPSTATE_DATA={env!r} is not a directory"
     else:
-        return Path(env)
+        return Path(env).resolve()  # absolute: tests may run subprocesses or kernels in other folders
     if _in_ci():
         pytest.fail(f"{reason}; required under CI=true")
     pytest.skip(reason)

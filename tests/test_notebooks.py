@@ -69,6 +69,9 @@ def test_notebook_runs_in_fast_mode(path, tmp_path, monkeypatch):
     assert len(nb.cells) >= 4 and any(c.cell_type == "markdown" for c in nb.cells), "not a percent-format notebook"
     work = tmp_path / "work"
     work.mkdir()
+    if os.environ.get("DEEPSTATE_DATA"):
+        # the kernel runs in a temporary folder: a relative path (the README's ../shared/data) must not move
+        monkeypatch.setenv("DEEPSTATE_DATA", os.path.abspath(os.environ["DEEPSTATE_DATA"]))
     monkeypatch.setenv("DEEPSTATE_FAST", "1")
     monkeypatch.setenv("MPLBACKEND", "Agg")
     monkeypatch.setenv("DEEPSTATE_OUT", str(work / "out"))
