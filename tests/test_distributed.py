@@ -192,7 +192,8 @@ def test_two_ranks_equal_one_process_with_double_batch(launched, objective):
 def test_ranks_end_with_identical_parameters(launched, name):
     r0, r1 = _load(launched, name)
     _assert_same(r0["params"], r1["params"], rtol=0, atol=0)
-    assert r0["history"] == [{**h, "seconds": r0["history"][i]["seconds"]} for i, h in enumerate(r1["history"])]
+    assert r0["history"] == [{**h, "seconds": r0["history"][i]["seconds"], "elapsed": r0["history"][i]["elapsed"]}
+                            for i, h in enumerate(r1["history"])]
     start = params_of(dkf() if name.startswith("dkf") else lgssm())
     assert any(not torch.equal(start[k], r0["params"][k]) for k in start)
 
@@ -220,7 +221,7 @@ def test_resume_in_a_new_launch_equals_uninterrupted(launched):
     for r in range(NPROC):
         _assert_same(resumed[r]["params"], full[r]["params"], rtol=0, atol=0)
     assert not all(torch.equal(part[0]["params"][k], full[0]["params"][k]) for k in full[0]["params"])
-    strip = lambda hs: [{k: v for k, v in h.items() if k != "seconds"} for h in hs]  # noqa: E731
+    strip = lambda hs: [{k: v for k, v in h.items() if k not in ("seconds", "elapsed")} for h in hs]  # noqa: E731
     assert strip(resumed[0]["history"]) == strip(full[0]["history"])
 
 
@@ -371,7 +372,7 @@ def test_cli_fit_resumes_after_kill(tmp_path, series_csv, cli_reference):
     n = sum(per_epoch)
     assert saves == [per_epoch[0], sum(per_epoch[:2]), n]  # epoch ends; the killed epoch's once, after resume
     records = _records(run)
-    strip = lambda rs: [{k: v for k, v in x.items() if k != "seconds"} for x in rs if x["kind"] == "epoch"]  # noqa: E731
+    strip = lambda rs: [{k: v for k, v in x.items() if k not in ("seconds", "elapsed")} for x in rs if x["kind"] == "epoch"]  # noqa: E731
     assert strip(records) == strip(ref_records)  # each epoch logged once, with the uninterrupted numbers
     steps = [x["global_step"] for x in records if x["kind"] == "step"]
     assert steps == list(range(1, hold + 1)) + list(range(hold, n + 1))  # step `hold` again after the resume

@@ -66,7 +66,19 @@ class ParticleObjective:
 
 
 class ParticleELBO(ParticleObjective):
-    """The evidence lower bound on the particle path (average of ``N`` independent single-sample ELBOs)."""
+    r"""The evidence lower bound on the particle path (average of ``N`` independent single-sample ELBOs).
+
+    **KL annealing** (``loss(..., kl_scale=beta)``): the training loss becomes minus
+
+    .. math:: \frac1N \sum_n \sum_t \Big[\log p(x_t \mid \cdot) + \beta \big(\log p(z^n_t \mid \cdot)
+              - \log q(z^n_t \mid \cdot)\big)\Big],
+
+    the annealed objective of Krishnan et al. (2017) and Pyro's ``examples/dmm.py`` (there by
+    ``poutine.scale`` on the ``z`` sites of model and guide), with the same draws; the returned
+    ``result.log_z`` stays the unannealed bound. Well defined here because no importance weight is
+    ever normalised: each particle is its own single-sample ELBO. (IWAE/FIVO with ``N > 1`` would
+    rescale the weights they normalise, so they do not take ``kl_scale``.)
+    """
 
     name = "elbo"
 
@@ -78,6 +90,17 @@ class ParticleELBO(ParticleObjective):
         if kwargs.get("initial_state") is not None:
             log_z = log_z - kwargs["initial_state"]["lw"].mean(0)
         return dataclasses.replace(result, log_z=log_z)
+
+    def loss(self, lsm, batch, normalizer=None, kl_scale: float = 1.0, **kwargs):
+        """``-sum_b annealed_bound_b / normalizer`` and the (unannealed) result; see the class docstring."""
+        if kl_scale == 1.0:
+            return super().loss(lsm, batch, normalizer, **kwargs)
+        if not 0.0 <= float(kl_scale) <= 1.0:
+            raise ValueError(f"kl_scale: expected a factor in [0, 1], got {kl_scale!r}")
+        result = self.bound(lsm, batch, split_latent=True, **kwargs)
+        annealed = result.log_z - (1.0 - float(kl_scale)) * result.latent_log_weights.mean(0)
+        norm = float(batch.num_frames) if normalizer is None else float(normalizer)
+        return -annealed.sum() / norm, result
 
 
 class IWAE(ParticleObjective):

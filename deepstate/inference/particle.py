@@ -73,6 +73,10 @@ class ParticleFilterResult:
         state: the filter's state after the last step (carries ``s``, ``g`` and log-weights ``lw``),
             to continue on the next chunk of the same sequences (truncated BPTT, streaming). The carries
             of sequences that ended before the chunk's last step are unspecified (they never continue).
+        latent_log_weights: ``[N, B]`` the latent part ``sum_t (log p(z_t | .) - log q(z_t | .))`` of
+            this call's log-weights, differentiable (only with ``split_latent=True``, which needs
+            ``resample="never"``); ``log_weights - latent_log_weights`` is the likelihood part. KL
+            annealing of the single-sample ELBO scales this part.
     """
 
     log_z: torch.Tensor
@@ -82,6 +86,7 @@ class ParticleFilterResult:
     increments: Optional[torch.Tensor] = None
     ess: Optional[torch.Tensor] = None
     state: Optional[dict] = None
+    latent_log_weights: Optional[torch.Tensor] = None
 
     @property
     def nats_per_frame(self) -> torch.Tensor:
@@ -120,6 +125,7 @@ def particle_filter(
     record: bool = False,
     initial_state: Optional[dict] = None,
     validate: bool = False,
+    split_latent: bool = False,
 ) -> ParticleFilterResult:
     """Run a particle filter with the guide as proposal; return the log-likelihood estimate.
 
@@ -140,6 +146,8 @@ def particle_filter(
             Features and encodings are computed from this chunk alone.
         validate: check distribution arguments and supports (off by default: on the hot path the
             checks cost about as much as the model; the Pyro path validates).
+        split_latent: also return ``latent_log_weights`` (the ``log p(z) - log q(z)`` part of the
+            log-weights); only without resampling, where the log-weights are whole-path sums.
 
     Returns:
         :class:`ParticleFilterResult`; ``log_z`` is differentiable in the model and guide parameters.
@@ -152,13 +160,16 @@ def particle_filter(
         raise ValueError(f"scheme: expected one of {tuple(RESAMPLERS)}, got {scheme!r}")
     if not 0.0 < ess_threshold <= 1.0:
         raise ValueError(f"ess_threshold: expected a fraction in (0, 1], got {ess_threshold}")
+    if split_latent and resample != "never":
+        raise ValueError(f"split_latent: the latent part of the log-weights is only defined without resampling, "
+                         f"got resample={resample!r}")
     guide = lsm.guide_steps
     fused = sampler is None and not guide.uses_prior and type(guide).rollout is not Guide.rollout
     # parametrised weights (orthogonal RNNs) are computed once per pass, not once per step
     with pyro.validation_enabled(validate), parametrize.cached():
         if not fused:
             return _filter(lsm, batch, num_particles, resample, RESAMPLERS[scheme], ess_threshold, sampler, uniforms,
-                           record, initial_state)
+                           record, initial_state, split_latent=split_latent)
         # the guide draws whole trajectories; with the batch sorted by decreasing length, the sequences
         # still running at step t are a prefix, and steps skip the ones that have ended. Steps where no
         # sequence runs (a padded tail, from pad_to or concat_batches) would have width 0, which the
@@ -175,7 +186,7 @@ def particle_filter(
         prefix = torch.arange(batch.batch_size, device=running.device)[:, None] < running
         widths = running.tolist() if bool((prefix == batch.valid).all()) else None
         result = _filter(lsm, batch, num_particles, resample, RESAMPLERS[scheme], ess_threshold, None, uniforms, record,
-                         initial_state, fused=True, widths=widths)
+                         initial_state, fused=True, widths=widths, split_latent=split_latent)
         return _caller_layout(result, order if permuted else None, T_in, num_particles)
 
 
@@ -208,11 +219,12 @@ def _caller_layout(result: ParticleFilterResult, order: Optional[torch.Tensor], 
         increments=None if increments is None else increments[:, inv],
         ess=None if ess is None else ess[inv],
         state=_permute_state(result.state, inv),
+        latent_log_weights=None if result.latent_log_weights is None else result.latent_log_weights[:, inv],
     )
 
 
 def _filter(lsm, batch, N, resample, resampler, ess_threshold, sampler, uniforms, record, initial_state, fused=False,
-            widths=None):
+            widths=None, split_latent=False):
     """One sequential pass for the trajectory and the resampling decisions; the weights in parallel.
 
     The model's prior and emission never feed back into the particles' trajectory: they only weigh
@@ -247,7 +259,7 @@ def _filter(lsm, batch, N, resample, resampler, ess_threshold, sampler, uniforms
     else:
         Z, log_q, log_p, carries, s, g = _stepwise_trajectory(lsm, batch, cs, e, s, g, decisions, weigh,
                                                               sampler or _default_sampler)
-    inc = _parallel_increments(ssm, batch, c, carries, Z, log_q, log_p, shape)
+    inc, latent = _parallel_increments(ssm, batch, c, carries, Z, log_q, log_p, shape)
     log_z, lw = _log_z(inc, decisions.resets, lw0)
     if initial_state is not None:  # the previous chunk already counted logmeanexp of its final weights
         log_z = log_z - logmeanexp(lw0, 0)
@@ -259,6 +271,7 @@ def _filter(lsm, batch, N, resample, resampler, ess_threshold, sampler, uniforms
         increments=inc.permute(1, 2, 0) if record else None,
         ess=_recorded_ess(inc, decisions.resets, lw0, batch.valid) if record else None,
         state={"s": s, "g": g, "lw": lw},
+        latent_log_weights=latent.sum(0) if split_latent else None,
     )
 
 
@@ -425,7 +438,8 @@ def _first(carry: dict, width: int) -> dict:
 
 
 def _parallel_increments(ssm, batch, c, carries, Z, log_q, log_p, shape):
-    """``[T, N, B]`` log-weight increments ``log p(z_t | s_t) + log l(x_t | s_t, z_t) - log q(z_t)``, masked.
+    """``[T, N, B]`` log-weight increments ``log p(z_t | s_t) + log l(x_t | s_t, z_t) - log q(z_t)``, masked,
+    and their latent part ``log p(z_t | s_t) - log q(z_t)`` (``[T, N, B]``).
 
     The model is evaluated on the valid ``(t, b)`` rows only (padding can be half of a batch of
     sequences of mixed lengths), with leading dims ``[V, N]``.
@@ -443,12 +457,15 @@ def _parallel_increments(ssm, batch, c, carries, Z, log_q, log_p, shape):
     X = select(batch.x.transpose(0, 1).unsqueeze(1))
     O = select(batch.observed.transpose(0, 1).unsqueeze(1)).to(batch.x.dtype)
     Zv = select(Z)
-    model = (ssm.likelihood(S, Zv, C).log_prob(X) * O).sum(-1)  # [V, N]
-    if not log_p:
-        model = model + ssm.prior(S, C).log_prob(Zv)
-    inc = Z.new_zeros(T * B, N).index_copy(0, rows, model).view(T, B, N).transpose(1, 2)
+    def scatter(v):  # [V, N] -> [T, N, B], 0 on padding
+        return Z.new_zeros(T * B, N).index_copy(0, rows, v).view(T, B, N).transpose(1, 2)
+
+    lik = scatter((ssm.likelihood(S, Zv, C).log_prob(X) * O).sum(-1))
     own = torch.stack(log_p) - log_q if log_p else -log_q  # the proposal's (and a Resq prior's) log-densities
-    return inc + own * valid.unsqueeze(1).to(own.dtype)
+    latent = own * valid.unsqueeze(1).to(own.dtype)
+    if not log_p:
+        latent = latent + scatter(ssm.prior(S, C).log_prob(Zv))
+    return lik + latent, latent
 
 
 def _stacked_log_prob(qs, Z: torch.Tensor) -> torch.Tensor:

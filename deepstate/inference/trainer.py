@@ -10,9 +10,20 @@ Objectives (``objective=``):
 ``"fivo"``          :class:`~deepstate.inference.objectives.FIVO` (ESS-adaptive resampling)
 ==================  =========================================================================
 
-All are optimised with ``torch.optim.Adam`` on the module's parameters (the Pyro ELBOs through
+All are optimised by a torch optimiser on the module's parameters (the Pyro ELBOs through
 ``differentiable_loss``, not Pyro's optimiser wrappers), with gradient-norm clipping and an
 optional per-epoch exponential learning-rate decay; a checkpoint is therefore plain torch state.
+``optimizer="adam"`` is ``torch.optim.Adam``; ``optimizer="clipped_adam"`` is Pyro's own
+``ClippedAdam`` (``pyro.optim.clipped_adam``, a plain torch optimiser): element-wise gradient clamp,
+L2 weight decay and a per-step learning-rate decay, so that a recipe written for Pyro's SVI (e.g.
+``examples/dmm.py``: lr 3e-4, betas (0.96, 0.999), clamp 10, ``lrd`` 0.99996, weight decay 2.0) runs
+unchanged; with ``loss_scale="sum"`` the gradient is that of the minibatch's *summed* negative bound,
+as Pyro's SVI differentiates it (clamp and weight decay are not scale-free).
+
+**KL annealing** (``annealing=``) scales the latent terms ``log p(z) - log q(z)`` for the Pyro ELBOs
+(through the model and guide's ``annealing`` argument) and for ``"particle_elbo"`` (any ``N``: each
+particle is its own single-sample ELBO; see :class:`~deepstate.inference.objectives.ParticleELBO`).
+IWAE and FIVO refuse it: they normalise importance weights, which annealing would rescale.
 
 **Loss scale.** Every minibatch loss is ``-(sum of its sequences' bounds) / c`` with a *fixed*
 ``c = (frames in the training set) / (batches per epoch)``, so the *mean* of one epoch's minibatch
@@ -93,6 +104,15 @@ __all__ = [
     "select_state",
     "resolve_device",
 ]
+
+def _clipped_adam(params, **kwargs):
+    from pyro.optim.clipped_adam import ClippedAdam
+
+    return ClippedAdam(params, **kwargs)
+
+
+#: Optimisers by name: torch's Adam, and Pyro's ClippedAdam (element-wise clamp, per-step lr decay).
+OPTIMIZERS = {"adam": torch.optim.Adam, "clipped_adam": _clipped_adam}
 
 #: Objective names the trainer accepts.
 TRAINING_OBJECTIVES = ("elbo", "meanfield_elbo", "particle_elbo", "iwae", "fivo")
@@ -258,9 +278,17 @@ class Trainer:
         lr_decay: ``ExponentialLR`` factor applied after every epoch (``1.0``: constant), in ``(0, 1]``.
         batch_size: sequences per minibatch.
         bucket_by_length: group sequences of similar length into minibatches (less padding).
-        annealing: KL annealing for the Pyro ELBOs: ``None``, a :class:`KLAnnealing`, a dict
-            ``{"start": ..., "warmup_steps": ...}`` or an int (warm-up steps from 0). The logged bound
-            is always unannealed. Refused (``ValueError``) for the particle objectives.
+        annealing: KL annealing for the Pyro ELBOs and ``"particle_elbo"``: ``None``, a
+            :class:`KLAnnealing`, a dict ``{"start": ..., "warmup_steps": ...}`` or an int (warm-up
+            steps from 0). The logged bound is always unannealed. Refused (``ValueError``) for IWAE and FIVO.
+        optimizer: ``"adam"`` (``torch.optim.Adam``) or ``"clipped_adam"`` (Pyro's ``ClippedAdam``:
+            element-wise gradient clamp ``clip_norm``, per-step lr decay ``lrd``, ``weight_decay``).
+        optimizer_args: extra keyword arguments of that optimiser (e.g. ``{"betas": (0.96, 0.999),
+            "clip_norm": 10.0, "lrd": 0.99996, "weight_decay": 2.0}`` for ``"clipped_adam"``).
+        loss_scale: ``"frames"`` (default; the loss is per frame, see *Loss scale*) or ``"sum"``
+            (gradients of the minibatch's summed negative bound, as Pyro's SVI; the logged loss stays per frame).
+        valid_every: validate every this many epochs (and after the last one); early-stopping
+            patience then counts validations.
         early_stopping_patience: stop when the validation bound (nats/frame) has not improved for
             this many epochs (needs ``valid`` in :meth:`fit`).
         checkpoint_dir: folder for the rolling checkpoint ``checkpoint.pt`` (written atomically).
@@ -287,7 +315,9 @@ class Trainer:
     Attributes:
         history: list of per-epoch dicts (``epoch``, ``train_loss`` (the *mean* of the epoch's
             minibatch losses: minus the training bound per frame, annealed), ``train_bound`` and
-            ``valid_bound`` in nats/frame, ``lr``, ``annealing``, ``steps``, ``skipped``, ``seconds``).
+            ``valid_bound`` in nats/frame (``None`` on epochs not validated), ``lr``, ``annealing``, ``steps``,
+            ``skipped``, ``seconds`` (of training steps) and ``elapsed`` (wall seconds in ``fit`` so far)).
+        elapsed: wall seconds spent in :meth:`fit` (steps, validation, checkpoints) over resumes.
         epoch, step_in_epoch, global_step: the position in training.
         best_valid: best validation bound so far (nats/frame) or ``None``.
         best_state: the best validation epoch's module ``state_dict`` or ``None``.
@@ -326,6 +356,10 @@ class Trainer:
         valid_num_particles: Optional[int] = None,
         valid_batch_size: Optional[int] = None,
         distributed: Optional[bool] = None,
+        optimizer: str = "adam",
+        optimizer_args: Optional[dict] = None,
+        loss_scale: str = "frames",
+        valid_every: int = 1,
     ):
         if not isinstance(lsm, LatentSequenceModel):
             raise TypeError(f"lsm: expected a LatentSequenceModel (from deepstate.models.build), got {type(lsm).__name__}")
@@ -345,11 +379,22 @@ class Trainer:
             raise TypeError(f"bucket_by_length: expected a bool, got {type(bucket_by_length).__name__}")
         self.bucket_by_length = bucket_by_length
         self.annealing = as_annealing(annealing)
-        if self.annealing is not None and not self.is_pyro:
+        if self.annealing is not None and objective not in PYRO_OBJECTIVES + ("particle_elbo",):
             raise ValueError(
-                f"annealing: KL annealing only applies to the Pyro ELBOs ('elbo', 'meanfield_elbo'); "
-                f"objective={objective!r} is a particle bound whose weights must not be rescaled"
+                f"annealing: KL annealing applies to the ELBOs ('elbo', 'meanfield_elbo', 'particle_elbo'); "
+                f"objective={objective!r} normalises importance weights, which annealing would rescale"
             )
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer: expected one of {tuple(OPTIMIZERS)}, got {optimizer!r}")
+        if optimizer_args is not None and not isinstance(optimizer_args, dict):
+            raise TypeError(f"optimizer_args: expected a dict or None, got {type(optimizer_args).__name__}")
+        self.optimizer_name, self.optimizer_args = optimizer, dict(optimizer_args or {})
+        if "lr" in self.optimizer_args:
+            raise ValueError("optimizer_args: give the learning rate as lr=, not in optimizer_args")
+        if loss_scale not in ("frames", "sum"):
+            raise ValueError(f"loss_scale: expected 'frames' or 'sum', got {loss_scale!r}")
+        self.loss_scale = loss_scale
+        self.valid_every = _pos_int(valid_every, "valid_every")
         self.early_stopping_patience = _pos_int(early_stopping_patience, "early_stopping_patience", allow_none=True)
         if checkpoint_dir is not None and not isinstance(checkpoint_dir, (str, os.PathLike)):
             raise TypeError(f"checkpoint_dir: expected a folder path or None, got {type(checkpoint_dir).__name__}")
@@ -391,7 +436,10 @@ class Trainer:
         if not params:
             raise ValueError("lsm: the model has no parameters to train")
         self.dtype = params[0].dtype
-        self.optimizer = torch.optim.Adam(params, lr=self.lr)
+        try:
+            self.optimizer = OPTIMIZERS[optimizer](params, lr=self.lr, **self.optimizer_args)
+        except TypeError as err:
+            raise ValueError(f"optimizer_args: not accepted by {optimizer!r}: {err}") from err
         self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, gamma=self.lr_decay)
         if self.is_pyro:
             cls = Trace_ELBO if objective == "elbo" else TraceMeanField_ELBO
@@ -411,6 +459,9 @@ class Trainer:
         self.stopped_early = False
         self.consecutive_bad = 0
         self.history: List[dict] = []
+        self.elapsed = 0.0  # wall seconds spent in fit (training, validation, checkpoints), over resumes
+        self._mark = time.perf_counter()
+        self._fit_epochs = None
         self.normalizer: Optional[float] = None
         self._accum = self._new_accum()
         self._started = False
@@ -425,6 +476,17 @@ class Trainer:
         return {"loss": 0.0, "bound": 0.0, "frames": 0, "steps": 0, "skipped": 0, "seconds": 0.0}
 
     @property
+    def _grad_scale(self) -> float:
+        """What the per-frame loss is multiplied by before ``backward`` (``loss_scale``)."""
+        return 1.0 if self.loss_scale == "frames" else float(self.normalizer)
+
+    def _tick(self) -> None:
+        """Add the wall time since the last tick to :attr:`elapsed` (time spent in :meth:`fit`)."""
+        now = time.perf_counter()
+        self.elapsed += now - self._mark
+        self._mark = now
+
+    @property
     def checkpoint_path(self) -> Optional[Path]:
         """``checkpoint_dir / "checkpoint.pt"`` (or ``None``)."""
         return None if self.checkpoint_dir is None else self.checkpoint_dir / CHECKPOINT_NAME
@@ -437,6 +499,13 @@ class Trainer:
             "annealing": None if self.annealing is None else {"start": self.annealing.start,
                                                              "warmup_steps": self.annealing.warmup_steps},
         }
+        # only when not the defaults, so that older checkpoints keep matching
+        if self.optimizer_name != "adam" or self.optimizer_args:
+            out["optimizer"] = {"name": self.optimizer_name, **self.optimizer_args}
+        if self.loss_scale != "frames":
+            out["loss_scale"] = self.loss_scale
+        if self.valid_every != 1:
+            out["valid_every"] = self.valid_every
         if self.world_size > 1:  # single-process checkpoints keep their old settings
             out["world_size"] = self.world_size
         return out
@@ -511,7 +580,8 @@ class Trainer:
                     with torch.no_grad():
                         bound = -float(self._elbo.differentiable_loss(self.lsm.model, self.lsm.guide, mb, 1.0))
             return neg_elbo / self.normalizer, bound, None
-        loss, result = self._objective.loss(self.lsm, mb, self.normalizer, initial_state=initial_state)
+        kw = {} if self.annealing is None else {"kl_scale": float(self.annealing.factor)}
+        loss, result = self._objective.loss(self.lsm, mb, self.normalizer, initial_state=initial_state, **kw)
         return loss, float(result.log_z.detach().sum()), result
 
     def _zero_loss(self) -> torch.Tensor:
@@ -523,7 +593,7 @@ class Trainer:
         finite = bool(torch.isfinite(loss.detach()))
         self.optimizer.zero_grad(set_to_none=True)
         if finite and loss.requires_grad:
-            loss.backward()
+            (loss * self._grad_scale).backward()
         params = list(self.lsm.parameters())
         if _dist.allreduce_gradients(self._dist, params, local_bad=not finite):
             self.optimizer.zero_grad(set_to_none=True)
@@ -544,7 +614,7 @@ class Trainer:
         if not bool(torch.isfinite(loss.detach())):
             return False, math.nan
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss * self._grad_scale).backward()
         params = [p for p in self.lsm.parameters() if p.grad is not None]
         if not params:
             return True, 0.0
@@ -641,6 +711,7 @@ class Trainer:
             "settings": self._settings(),
             "data": self._data_fingerprint,
             "normalizer": self.normalizer,
+            "elapsed": self.elapsed,
         }
 
     def save_checkpoint(self, path: Union[None, str, os.PathLike] = None) -> Path:
@@ -689,6 +760,7 @@ class Trainer:
         for key in ("epoch", "step_in_epoch", "global_step", "best_valid", "bad_epochs", "stopped_early",
                     "consecutive_bad"):
             setattr(self, key, state[key])
+        self.elapsed = float(state.get("elapsed", 0.0))  # older checkpoints did not keep it
         self.best_state = state["best_state"]
         self._accum = dict(state["accum"])
         self.history = list(state["history"])
@@ -781,6 +853,7 @@ class Trainer:
         max_steps: Optional[int] = None,
         callback: Optional[Callable[["Trainer", dict], Optional[bool]]] = None,
         restore_best: bool = False,
+        max_seconds: Optional[float] = None,
     ) -> List[dict]:
         """Train until ``epochs`` epochs in total are done (counting epochs restored from a checkpoint).
 
@@ -799,6 +872,9 @@ class Trainer:
                 The last epoch's parameters are kept aside: checkpoints save them and a later ``fit``
                 continues from them (with the optimiser state that belongs to them), so the run
                 continues exactly as if it had not been interrupted.
+            max_seconds: stop (after writing a checkpoint) once :attr:`elapsed`, the wall time spent
+                in ``fit`` over this run and every run it resumed, reaches this many seconds: a
+                wall-time budget that survives interruptions.
 
         Returns:
             :attr:`history`, a list of per-epoch dicts.
@@ -810,6 +886,7 @@ class Trainer:
         valid = self._check_data(valid, "valid", required=False)
         epochs = _pos_int(epochs, "epochs")
         max_steps = _pos_int(max_steps, "max_steps", allow_none=True)
+        max_seconds = _pos_float(max_seconds, "max_seconds", allow_none=True)
         if callback is not None and not callable(callback):
             raise TypeError(f"callback: expected a callable or None, got {type(callback).__name__}")
         if self.early_stopping_patience is not None and valid is None:
@@ -842,6 +919,8 @@ class Trainer:
             n_global = len(minibatch_indices(train.lengths, self.batch_size * self.world_size, shuffle=False))
             self.normalizer = train.num_frames / (self.world_size * n_global)
         self.lsm.train()
+        self._fit_epochs = epochs
+        self._mark = time.perf_counter()
 
         stop = False
         while self.epoch < epochs and not stop and not self.stopped_early:
@@ -854,6 +933,9 @@ class Trainer:
                     if max_steps is not None and self.global_step >= max_steps:
                         stop = True
                         break
+                    if max_seconds is not None and self.elapsed >= max_seconds:
+                        stop = True
+                        break
                     t_start = time.perf_counter()
                     idx = batches[self.step_in_epoch]
                     mb = self._to_device(train[idx.tolist()]) if len(idx) else None
@@ -861,6 +943,7 @@ class Trainer:
                         int(train.lengths[torch.as_tensor(global_batches[self.step_in_epoch])].max())
                     out = self._train_batch(mb, max_length)
                     record = self._after_step(out, time.perf_counter() - t_start)
+                    self._tick()
                     if bar is not None:
                         bar.update(1)
                         bar.set_postfix(loss=f"{record['loss']:.4g}", bound=f"{record['bound_per_frame']:.4g}")
@@ -945,7 +1028,8 @@ class Trainer:
             "seconds": a["seconds"],
         }
         self.scheduler.step()
-        if valid is not None:
+        last = self._fit_epochs is not None and self.epoch + 1 >= self._fit_epochs
+        if valid is not None and ((self.epoch + 1) % self.valid_every == 0 or last):
             kw = dict(objective=self.valid_objective, num_particles=self.valid_num_particles,
                       batch_size=self.valid_batch_size, seed=self._valid_seed(self.epoch))
             if self._dist is None:
@@ -964,6 +1048,8 @@ class Trainer:
                 if self.early_stopping_patience is not None and self.bad_epochs >= self.early_stopping_patience:
                     self.stopped_early = True
         entry["stopped_early"] = self.stopped_early
+        self._tick()
+        entry["elapsed"] = self.elapsed
         self.history.append({k: _finite_or_none(v) for k, v in entry.items()})
         self._log({"kind": "epoch", **entry})
         self.epoch += 1

@@ -169,7 +169,7 @@ def build(name: str, input_dim: int, likelihood: str = "gaussian", guide: str = 
             ``"studentt"``, ``"poisson"`` (counts).
         guide: guide kind (see the table in this module's docstring); default per model.
         **hyper: the model's hyperparameters (e.g. ``z_dim``, ``transition_dim``, ``emission_dim``,
-            ``rnn_dim``, ``rnn`` = ``"gru"``/``"lstm"``/``"rnn"``, ``augmented``, ``u_dim``,
+            ``rnn_dim``, ``rnn`` = ``"gru"``/``"lstm"``/``"rnn"``/``"rnn_relu"``, ``augmented``, ``u_dim``,
             ``min_scale``); see each model class for the full list and defaults.
 
     Example:

@@ -109,7 +109,7 @@ class StructuredInferenceGuide(Guide):
     Args:
         x_dim, z_dim: sizes of the model. rnn_dim: encoder width (600).
         kind: one of ``GUIDE_KINDS`` (``"st-r"`` default, the paper's DKS).
-        rnn: ``"gru"`` | ``"lstm"`` | ``"rnn"`` (tanh). u_dim: covariates given to the encoder.
+        rnn: ``"gru"`` | ``"lstm"`` | ``"rnn"`` (tanh) | ``"rnn_relu"`` (Pyro's DMM guide). u_dim: covariates given to the encoder.
         orthogonal: ``True`` (orthogonal init), ``"parametrize"`` (kept orthogonal) or ``False``.
     """
 

@@ -7,6 +7,8 @@ Every block is a small ``nn.Module`` that accepts any leading dimensions (``[B]`
 
 from __future__ import annotations
 
+import functools
+
 from typing import Callable, Dict, Optional
 
 import pyro.distributions as dist
@@ -28,7 +30,8 @@ __all__ = [
     "RNN_CELLS",
 ]
 
-RNN_CELLS = {"gru": nn.GRU, "lstm": nn.LSTM, "rnn": nn.RNN}
+#: ``"rnn"`` is the tanh Elman RNN; ``"rnn_relu"`` the ReLU one of Pyro's ``examples/dmm.py`` guide
+RNN_CELLS = {"gru": nn.GRU, "lstm": nn.LSTM, "rnn": nn.RNN, "rnn_relu": functools.partial(nn.RNN, nonlinearity="relu")}
 
 
 def positive(raw: torch.Tensor, floor: float = 1e-3) -> torch.Tensor:
@@ -115,10 +118,10 @@ def orthogonal_init_(rnn: nn.Module) -> nn.Module:
 
 
 def make_rnn(kind: str, input_dim: int, hidden_dim: int, orthogonal=True) -> nn.Module:
-    """A one-layer batch-first ``nn.GRU`` / ``nn.LSTM`` / ``nn.RNN`` (tanh).
+    """A one-layer batch-first ``nn.GRU`` / ``nn.LSTM`` / ``nn.RNN`` (tanh, or ReLU for ``"rnn_relu"``).
 
     Args:
-        kind: ``"gru"``, ``"lstm"`` or ``"rnn"``.
+        kind: ``"gru"``, ``"lstm"``, ``"rnn"`` or ``"rnn_relu"``.
         orthogonal: ``True`` (default): orthogonal initialisation of each gate's recurrent matrix;
             ``"parametrize"``: additionally keep each gate's block orthogonal throughout training
             (:func:`~deepstate.models.orthogonal.orthogonal_parametrize_`; the particle filter and

@@ -1,0 +1,278 @@
+r"""Reproduce the published JSB chorales results: one command per row, resumable, within a wall-time budget.
+
+Usage::
+
+    python benchmarks/jsb.py --list                                  # the rows and their sources
+    python benchmarks/jsb.py dmm [--minutes 150] [--out runs/jsb]    # train (or continue) and evaluate one row
+    python benchmarks/jsb.py dmm --evaluate-only                     # evaluate the row's best checkpoint again
+    python benchmarks/jsb.py --report [--plot curve.png] [--row dmm] # the table of finished rows, a learning curve
+
+A row trains until its budget of **wall time spent training** (``--minutes``, default 150, counted by
+the :class:`~deepstate.inference.Trainer` over interruptions: it is stored in the checkpoint) is used,
+its epochs are done, or early stopping on the validation bound fires. Started again, a row continues
+from ``<out>/<row>/checkpoint.pt`` exactly where it stopped; a row whose training is over goes straight
+to evaluation. Logs (``metrics.jsonl``), checkpoints and ``result.json`` stay under ``--out`` (default
+``runs/jsb``, outside git).
+
+**Evaluation** (the same code for every row; the papers' unit, nats per frame = total over the split
+/ total frames, 4,725 test frames): the model of the best validation epoch, on the test split,
+
+* ``-ELBO``: minus the single-sample ELBO, averaged over ``--elbo-particles`` independent draws
+  (same expectation as one draw, less noise);
+* ``NLL``: minus the IWAE bound with ``K`` particles for each ``K`` in ``--iwae`` (default 10, 100,
+  500, 1000): the importance-sampled estimate of the papers, with its convergence in ``K`` shown.
+
+Run one row at a time on this 2-core machine: two trainings slow each other many-fold.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+#: Pyro's examples/dmm.py recipe (its argparse defaults), which reproduces Krishnan et al. (2017):
+#: ClippedAdam lr 3e-4, betas (0.96, 0.999), element-wise clamp 10, lr decay 0.99996 per step, L2 weight
+#: decay 2.0 on the summed minibatch loss, batch 20, KL annealing linear from 0.2 over 1,000 epochs.
+PYRO_DMM_OPTIMIZER = dict(optimizer="clipped_adam", lr=3e-4, clip_norm=None, loss_scale="sum",
+                          optimizer_args={"betas": (0.96, 0.999), "clip_norm": 10.0, "lrd": 0.99996,
+                                          "weight_decay": 2.0})
+#: Pyro's DMM: z 100, gated transition 200, emitter 100, guide RNN 600 with ReLU (``nn.RNN(nonlinearity="relu")``)
+DMM = dict(z_dim=100, transition_dim=200, emission_dim=100, rnn_dim=600, rnn="rnn_relu")
+JSB_BATCHES = 12  # minibatches of 20 in the 229 training chorales
+
+ROWS = {
+    "dmm": dict(
+        model="dkf", hyper=DMM, guide="st-r", objective="particle_elbo", num_particles=1, batch_size=20,
+        annealing={"start": 0.2, "warmup_steps": 1000 * JSB_BATCHES}, epochs=5000, **PYRO_DMM_OPTIMIZER,
+        published="test -ELBO 6.926, NLL 6.388 (Krishnan et al. 2017, Table 3, DKS + KL annealing); "
+                  "Pyro examples/dmm.py 6.87 after 5,000 epochs",
+        anchor_elbo=6.926, anchor_nll=6.388),
+    "dmm_aug": dict(
+        model="dkf", hyper=dict(DMM, augmented=True), guide="st-r", objective="particle_elbo", num_particles=1,
+        batch_size=20, annealing={"start": 0.2, "warmup_steps": 1000 * JSB_BATCHES}, epochs=5000,
+        **PYRO_DMM_OPTIMIZER,
+        published="test -ELBO 6.773, NLL 6.288 (Krishnan et al. 2017, Table 3, DMM-Aug)",
+        anchor_elbo=6.773, anchor_nll=6.288),
+    "dmm_fivo": dict(
+        model="dkf", hyper=DMM, guide="st-r", objective="fivo", num_particles=4, batch_size=20, epochs=5000,
+        **PYRO_DMM_OPTIMIZER,
+        published="no published DMM+FIVO figure; compare with the dmm row",
+        anchor_elbo=None, anchor_nll=None),
+    # FIVO paper setting (Maddison et al. 2017, section 6.1; tensorflow/models research/fivo): VRNN with
+    # latent and RNN state of 32 units for JSB, N = 4 particles, batch 4, Adam lr 1e-4 (their README's command)
+    **{f"vrnn_{obj}": dict(
+        model="vrnn", hyper=dict(z_dim=32, rnn_dim=32, feature_dim=32), guide=None,
+        objective={"elbo": "particle_elbo"}.get(obj, obj), num_particles=4, batch_size=4, epochs=5000,
+        optimizer="adam", lr=1e-4, clip_norm=10.0,
+        published=f"test bound {b} ({obj.upper()}, N = 4-5; FIVO paper Table 1 ordering: FIVO > IWAE > ELBO)",
+        anchor_elbo=b, anchor_nll=None) for obj, b in (("elbo", 8.69), ("iwae", 8.01), ("fivo", 7.51))},
+    # SRNN (Fraccaro et al. 2016): smoothing guide with Resq, z 100, deterministic layer 300
+    **{f"srnn_{obj}": dict(
+        model="srnn", hyper=dict(z_dim=100, rnn_dim=300, hidden_dim=300), guide=None,
+        objective={"elbo": "particle_elbo"}.get(obj, obj), num_particles=1 if obj == "elbo" else 4,
+        batch_size=20, epochs=5000, optimizer="adam", lr=3e-4, clip_norm=10.0,
+        published="4.74 (smooth + Resq) on a re-sampled JSB with per-sequence averaging: not comparable",
+        anchor_elbo=None, anchor_nll=None) for obj in ("elbo", "fivo")},
+}
+
+TRAINER_KEYS = ("objective", "num_particles", "batch_size", "annealing", "optimizer", "optimizer_args", "lr",
+                "clip_norm", "loss_scale")
+
+
+def load(data_dir):
+    from deepstate.data import load_polyphonic
+
+    return load_polyphonic("jsb_chorales", data_dir=data_dir, download=False)
+
+
+def build_row(row: dict, seed: int):
+    from deepstate.models import build
+
+    torch.manual_seed(seed)
+    return build(row["model"], 88, "bernoulli", guide=row["guide"], **row["hyper"])
+
+
+def make_trainer(name: str, row: dict, out: Path, seed: int, patience: int, valid_every: int):
+    from deepstate.inference import Trainer
+
+    lsm = build_row(row, seed)
+    kw = {k: row[k] for k in TRAINER_KEYS if k in row}
+    return Trainer(lsm, checkpoint_dir=out / name, metrics_path=out / name / "metrics.jsonl", seed=seed,
+                   valid_objective="elbo", valid_num_particles=1, valid_every=valid_every,
+                   early_stopping_patience=patience, progress=False, checkpoint_every=200, **kw)
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def evaluate_row(trainer, test, elbo_particles: int, iwae: list, seed: int) -> dict:
+    """The test numbers of the best validation epoch's parameters (see the module docstring)."""
+    from deepstate.inference import evaluate
+
+    lsm = trainer.lsm
+    if trainer.best_state is not None:
+        lsm.load_state_dict(trainer.best_state)
+    res = {}
+    t0 = time.perf_counter()
+    e = evaluate(lsm, test, objective="elbo", num_particles=elbo_particles, seed=seed)
+    res["test_neg_elbo"] = -e["nats_per_frame"]
+    res["elbo_particles"] = elbo_particles
+    res["frames"] = e["frames"]
+    log(f"test -ELBO {res['test_neg_elbo']:.4f} nats/frame (mean of {elbo_particles} single-sample ELBOs, "
+        f"{time.perf_counter() - t0:.0f} s)")
+    res["test_nll_iwae"] = {}
+    for k in iwae:
+        t0 = time.perf_counter()
+        r = evaluate(lsm, test, objective="iwae", num_particles=k, seed=seed + k, batch_size=8)
+        res["test_nll_iwae"][str(k)] = -r["nats_per_frame"]
+        log(f"test NLL (IWAE, K = {k}) {-r['nats_per_frame']:.4f} nats/frame ({time.perf_counter() - t0:.0f} s)")
+    return res
+
+
+def train_row(args) -> int:
+    name = args.row
+    row = ROWS[name]
+    data = load(args.data_dir)
+    out = Path(args.out)
+    (out / name).mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(args.threads)
+    trainer = make_trainer(name, row, out, args.seed, args.patience, args.valid_every)
+    epochs = args.epochs or row["epochs"]
+    budget = args.minutes * 60.0
+    result_path = out / name / "result.json"
+
+    last_print = [time.perf_counter()]
+
+    def progress(tr, rec):
+        if time.perf_counter() - last_print[0] > args.print_every and tr.history:
+            h = tr.history[-1]
+            vb = next((x["valid_bound"] for x in reversed(tr.history) if x["valid_bound"] is not None), None)
+            log(f"epoch {h['epoch']} train bound {h['train_bound']:.4f} valid {vb if vb is None else round(vb, 4)} "
+                f"best {tr.best_valid if tr.best_valid is None else round(tr.best_valid, 4)} "
+                f"annealing {h['annealing']:.3f} lr {h['lr']:.2e} elapsed {tr.elapsed / 60:.1f} min")
+            last_print[0] = time.perf_counter()
+
+    if not args.evaluate_only:
+        if trainer.checkpoint_path.is_file():
+            log(f"{name}: continuing from {trainer.checkpoint_path}")
+        log(f"{name}: training up to {epochs} epochs, budget {args.minutes:g} min of training wall time, "
+            f"{torch.get_num_threads()} thread(s)")
+        trainer.fit(data["train"], data["valid"], epochs=epochs, max_seconds=budget, callback=progress)
+        done = trainer.epoch >= epochs or trainer.stopped_early or trainer.elapsed >= budget
+        log(f"{name}: stopped at epoch {trainer.epoch} after {trainer.elapsed / 60:.1f} min "
+            f"(best valid {trainer.best_valid}, early stop {trainer.stopped_early})")
+        if not done:
+            return 0
+    else:
+        trainer.load_checkpoint()
+    res = evaluate_row(trainer, data["test"], args.elbo_particles, args.iwae, args.seed)
+    best_epoch = max((h for h in trainer.history if h["valid_bound"] is not None), key=lambda h: h["valid_bound"],
+                     default=None)
+    res.update(row=name, epochs=trainer.epoch, minutes=trainer.elapsed / 60, best_valid=trainer.best_valid,
+               best_epoch=None if best_epoch is None else best_epoch["epoch"], stopped_early=trainer.stopped_early,
+               published=row["published"], anchor_elbo=row["anchor_elbo"], anchor_nll=row["anchor_nll"],
+               threads=torch.get_num_threads(), command=" ".join([Path(sys.argv[0]).name] + sys.argv[1:]))
+    from deepstate.atomic import write_text_atomic
+
+    write_text_atomic(result_path, json.dumps(res, indent=2) + "\n")
+    log(f"{name}: wrote {result_path}")
+    return 0
+
+
+def curve(out: Path, name: str):
+    """``(minutes, valid bound)`` of a row's validated epochs, from its checkpoint's history."""
+    ck = torch.load(out / name / "checkpoint.pt", map_location="cpu", weights_only=False)
+    pts = [(h["elapsed"] / 60, -h["valid_bound"]) for h in ck["history"]
+           if h.get("valid_bound") is not None and h.get("elapsed") is not None]
+    return pts, ck["history"]
+
+
+def report(args) -> int:
+    out = Path(args.out)
+    print("| row | test -ELBO | NLL (IWAE K: value) | published | epochs | minutes | best valid -ELBO |")
+    print("|---|---|---|---|---|---|---|")
+    for name in ROWS:
+        p = out / name / "result.json"
+        if not p.is_file():
+            print(f"| {name} | not run yet | | {ROWS[name]['published']} | | | |")
+            continue
+        r = json.loads(p.read_text())
+        nll = ", ".join(f"{k}: {v:.3f}" for k, v in r["test_nll_iwae"].items())
+        print(f"| {name} | {r['test_neg_elbo']:.3f} | {nll} | {r['published']} | {r['epochs']} | {r['minutes']:.0f} | "
+              f"{-r['best_valid']:.3f} |")
+    if args.plot:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        from deepstate.plots._save import save_figure
+
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for name in args.row_plot:
+            if not (out / name / "checkpoint.pt").is_file():
+                continue
+            pts, _ = curve(out, name)
+            ax.plot([m for m, _ in pts], [v for _, v in pts], label=f"{name}: validation -ELBO")
+            anchor = ROWS[name]["anchor_elbo"]
+            if anchor:
+                ax.axhline(anchor, ls="--", lw=1, color="grey", label=f"published test -ELBO {anchor}")
+        ax.axhline(7.0, ls=":", lw=1, color="red", label="goal: 7.0")
+        ax.set_xlabel("wall-clock minutes of training (2-core CPU)")
+        ax.set_ylabel("-ELBO, nats per frame (lower is better)")
+        ax.set_title("JSB chorales: validation bound against training time")
+        ax.set_ylim(top=min(ax.get_ylim()[1], 12))
+        ax.legend()
+        ax.grid(alpha=0.3)
+        save_figure(fig, args.plot)
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("row", nargs="?", choices=sorted(ROWS), help="the row to train and evaluate")
+    ap.add_argument("--list", action="store_true", help="list the rows with their settings and sources")
+    ap.add_argument("--report", action="store_true", help="print the table of evaluated rows")
+    ap.add_argument("--plot", default=None, help="with --report: PNG of validation bound against minutes")
+    ap.add_argument("--row-plot", default="dmm", help="with --plot: comma-separated rows to draw (default dmm)")
+    ap.add_argument("--out", default="runs/jsb", help="folder for checkpoints, logs and results (default runs/jsb)")
+    ap.add_argument("--data-dir", default=os.environ.get("DEEPSTATE_DATA"), help="folder with jsb_chorales.pickle")
+    ap.add_argument("--minutes", type=float, default=150.0, help="training wall-time budget of the row (default 150)")
+    ap.add_argument("--epochs", type=int, default=None, help="override the row's epoch count")
+    ap.add_argument("--patience", type=int, default=50, help="early stopping: validations without improvement (50)")
+    ap.add_argument("--valid-every", type=int, default=10, help="validate every this many epochs (default 10)")
+    ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--evaluate-only", action="store_true", help="evaluate the checkpoint's best epoch again")
+    ap.add_argument("--elbo-particles", type=int, default=10, help="single-sample ELBOs averaged on test (10)")
+    ap.add_argument("--iwae", default="10,100,500,1000", help="IWAE particle counts for the test NLL")
+    ap.add_argument("--print-every", type=float, default=60.0, help="seconds between progress lines")
+    args = ap.parse_args(argv)
+    args.iwae = [int(k) for k in str(args.iwae).split(",") if k]
+    args.row_plot = [r for r in args.row_plot.split(",") if r]
+    if args.list:
+        for name, row in ROWS.items():
+            settings = {k: row[k] for k in TRAINER_KEYS if k in row}
+            print(f"{name}: {row['model']} {row['hyper']} guide={row['guide']} {settings}\n    published: {row['published']}")
+        return 0
+    if args.report:
+        return report(args)
+    if args.row is None:
+        ap.error("give a row (see --list), --list or --report")
+    return train_row(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
