@@ -1,0 +1,65 @@
+"""benchmarks/jsb.py (issue 13): every row is a valid configuration, and a row stopped by its
+wall-time budget continues from its checkpoint and is then evaluated."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def jsb():
+    spec = importlib.util.spec_from_file_location("jsb_benchmark", ROOT / "benchmarks" / "jsb.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["jsb_benchmark"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.data
+def test_every_row_takes_one_training_step(jsb, data_dir, tmp_path):
+    """Each row's model, objective and optimiser settings build and train (one epoch: one minibatch of 2 chorales)."""
+    data = jsb.load(data_dir)
+    small = data["train"][[0, 1]]
+    for name, row in jsb.ROWS.items():
+        tr = jsb.make_trainer(name, dict(row, batch_size=2), tmp_path, seed=0, patience=5, valid_every=1)
+        tr.fit(small, small, epochs=1, max_steps=1)
+        assert tr.global_step == 1 and tr.consecutive_bad == 0, name
+        assert tr.history[0]["skipped"] == 0 and tr.history[0]["train_bound"] < 0, name
+
+
+def test_the_dmm_row_is_pyros_recipe(jsb):
+    row = jsb.ROWS["dmm"]
+    assert row["hyper"] == dict(z_dim=100, transition_dim=200, emission_dim=100, rnn_dim=600, rnn="rnn_relu")
+    assert row["optimizer"] == "clipped_adam" and row["loss_scale"] == "sum" and row["lr"] == 3e-4
+    assert row["optimizer_args"] == {"betas": (0.96, 0.999), "clip_norm": 10.0, "lrd": 0.99996, "weight_decay": 2.0}
+    assert row["annealing"] == {"start": 0.2, "warmup_steps": 1000 * 12}
+    assert row["objective"] == "particle_elbo" and row["num_particles"] == 1
+
+
+@pytest.mark.data
+def test_a_row_resumes_after_its_budget_and_is_evaluated(jsb, data_dir, tmp_path, monkeypatch, capsys):
+    """A tiny row: the first run spends its budget after one step and is evaluated as it stands; a
+    second run with a larger budget continues from the checkpoint (not from scratch), finishes its
+    epochs and writes result.json again."""
+    tiny = dict(jsb.ROWS["dmm"], hyper=dict(z_dim=2, transition_dim=4, emission_dim=4, rnn_dim=4, rnn="rnn_relu"),
+                epochs=2, batch_size=64)
+    monkeypatch.setitem(jsb.ROWS, "dmm", tiny)
+    args = ["dmm", "--out", str(tmp_path), "--data-dir", str(data_dir), "--threads", "1", "--valid-every", "1",
+            "--iwae", "2", "--elbo-particles", "1"]
+    assert jsb.main(args + ["--minutes", "1e-6"]) == 0
+    first = torch.load(tmp_path / "dmm" / "checkpoint.pt", weights_only=False)
+    assert first["global_step"] == 1
+    assert json.loads((tmp_path / "dmm" / "result.json").read_text())["epochs"] == 0
+    assert jsb.main(args + ["--minutes", "60"]) == 0
+    assert "continuing from" in capsys.readouterr().out
+    res = json.loads((tmp_path / "dmm" / "result.json").read_text())
+    assert res["epochs"] == 2 and res["frames"] == 4725  # the test split: 4,725 frames
+    assert 0 < res["test_neg_elbo"] and 0 < res["test_nll_iwae"]["2"] <= res["test_neg_elbo"] + 1.0
+    assert jsb.main(["--report", "--out", str(tmp_path)]) == 0
+    assert "| dmm |" in capsys.readouterr().out
