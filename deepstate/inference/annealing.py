@@ -7,9 +7,11 @@ With factor :math:`\beta` the training objective is
 (Bowman et al. 2016; Sønderby et al. 2016; Krishnan et al. 2017 anneal the DMM's KL the same way).
 The factor scales the ``z`` sites in **both** the Pyro model and the guide (the ``annealing``
 argument of :meth:`~deepstate.models.base.LatentSequenceModel.model` / ``guide``), so with
-``Trace_ELBO`` the ``log q`` term is scaled exactly as the ``log p(z)`` term. It is not a bound for
-``beta < 1``: the trainer always logs the unannealed bound. Annealing only makes sense for the Pyro
-ELBOs (``"elbo"``, ``"meanfield_elbo"``); the particle objectives refuse it.
+``Trace_ELBO`` the ``log q`` term is scaled exactly as the ``log p(z)`` term. On the particle path
+(``"particle_elbo"``) the same factor scales the latent part of each particle's log-weight (see
+:class:`~deepstate.inference.objectives.ParticleELBO`): the same objective, at the particle path's
+speed. It is not a bound for ``beta < 1``: the trainer always logs the unannealed bound. IWAE and
+FIVO refuse it: they normalise importance weights, which the factor would rescale.
 
 Example:
     >>> sched = KLAnnealing(start=0.1, warmup_steps=4)
