@@ -32,8 +32,8 @@ CONFIGS = {
 }
 
 
-def fit_dkf(args, train, seed: int) -> Estimator:
-    """The DKF fitted on ``train`` (early stopping on its last ``--valid-steps`` steps when given)."""
+def fit_deep(args, train, seed: int) -> Estimator:
+    """The deep model fitted on ``train`` (early stopping on its last ``--valid-steps`` steps when given)."""
     est = deep_model(argparse.Namespace(**{**vars(args), "seed": seed}))
     kw = dict(epochs=args.epochs, lr=3e-3, batch_size=16, window=40, stride=4, progress=False)
     if args.valid_steps:
@@ -44,11 +44,15 @@ def fit_dkf(args, train, seed: int) -> Estimator:
 
 
 def deep_model(args) -> Estimator:
+    common = dict(likelihood=args.likelihood, objective=args.objective, num_particles=args.num_particles,
+                  seed=args.seed, z_dim=args.z_dim, rnn_dim=args.hidden, min_scale=args.min_scale)
+    if args.model == "srnn":
+        # SRNN (Fraccaro et al. 2016): a deterministic RNN over the past values under the stochastic layer,
+        # so the forecast feeds its own sampled values back like an autoregression
+        return Estimator("srnn", hidden_dim=args.hidden, **common)
     # a small DKF: a gated transition can bend the cycle where a linear state space cannot;
     # `augmented` also feeds the previous value to the emission (Krishnan et al. 2017's DMM-Aug)
-    return Estimator("dkf", likelihood=args.likelihood, objective=args.objective, num_particles=args.num_particles,
-                     seed=args.seed, z_dim=args.z_dim, transition_dim=args.hidden, emission_dim=args.hidden,
-                     rnn_dim=args.hidden, augmented=args.augmented, min_scale=args.min_scale)
+    return Estimator("dkf", transition_dim=args.hidden, emission_dim=args.hidden, augmented=args.augmented, **common)
 
 
 def markdown_table(df: pd.DataFrame) -> str:
@@ -69,8 +73,9 @@ def main(argv=None):
     p.add_argument("--num-samples", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", default=os.environ.get("DEEPSTATE_DATA"))
-    p.add_argument("--z-dim", type=int, default=4, help="DKF latent dimension")
-    p.add_argument("--hidden", type=int, default=32, help="DKF transition/emission/encoder width")
+    p.add_argument("--model", default="dkf", choices=["dkf", "srnn"], help="the deep model (default dkf)")
+    p.add_argument("--z-dim", type=int, default=4, help="deep model's latent dimension")
+    p.add_argument("--hidden", type=int, default=32, help="deep model's widths (transition/emission/RNNs)")
     p.add_argument("--augmented", action="store_true", help="DKF-Aug: the previous value feeds the emission")
     p.add_argument("--objective", default="fivo")
     p.add_argument("--num-particles", type=int, default=8, help="training particles")
@@ -98,19 +103,19 @@ def main(argv=None):
     lgssm = fit_lgssm(train, args.lgssm_z or 2 * frame.shape[1], args.lgssm_starts, args.seed)
     timings["lgssm fit"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    members = [fit_dkf(args, train, args.seed + k) for k in range(args.ensemble)]
-    dkf = members[0]
-    print(f"dkf trained {[len(m.history_) for m in members]} epochs")
-    timings["dkf fit"] = time.perf_counter() - t0
+    members = [fit_deep(args, train, args.seed + k) for k in range(args.ensemble)]
+    deep = members[0]
+    print(f"{args.model} trained {[len(m.history_) for m in members]} epochs")
+    timings[f"{args.model} fit"] = time.perf_counter() - t0
 
     kw = dict(horizon=args.horizon, test_size=cfg["test_size"], season=cfg["season"], num_samples=args.num_samples,
               order=cfg["sarimax"], seed=args.seed, levels=(0.5, 0.8, 0.95))
     t0 = time.perf_counter()
     base = backtest(None, frame, **kw)
     timings["baselines"] = time.perf_counter() - t0
-    models = [("lgssm (exact)", lgssm), ("dkf (particles)", dkf)]
+    models = [("lgssm (exact)", lgssm), (f"{args.model} (particles)", deep)]
     if args.ensemble > 1:
-        models.append((f"dkf ensemble of {args.ensemble} seeds", members))
+        models.append((f"{args.model} ensemble of {args.ensemble} seeds", members))
     for name, est in models:
         t0 = time.perf_counter()
         res = backtest(est, frame, baselines=(), model_name=name, **kw)
@@ -133,15 +138,15 @@ def main(argv=None):
     print("arguments:", vars(args))
     # held-out conditional log-likelihood of the tail given the training part (nats per step)
     tail = frame.iloc[len(train):]
-    for name, est, obj in (("lgssm", lgssm, "exact"), ("dkf", dkf, "fivo")):
+    for name, est, obj in (("lgssm", lgssm, "exact"), (args.model, deep, "fivo")):
         v = est.log_likelihood(tail, history=train, objective=obj, num_particles=2000)
         print(f"{name}: log p(test | train) = {v:.3f} nats per step (conditional)")
     # pictures: the deep model's forecast from the last origin and the score table
     origin = base.origins[-1]
-    fc = dkf.forecast(frame.iloc[:origin], args.horizon, num_samples=args.num_samples)
+    fc = deep.forecast(frame.iloc[:origin], args.horizon, num_samples=args.num_samples)
     fc.plot(actual=frame.iloc[origin:origin + args.horizon].to_numpy(), max_history=80,
-            title=f"{args.dataset}: DKF forecast from {frame.index[origin - 1]}",
-            path=os.path.join(args.out, "fan_dkf.png"))
+            title=f"{args.dataset}: {args.model.upper()} forecast from {frame.index[origin - 1]}",
+            path=os.path.join(args.out, f"fan_{args.model}.png"))
     fc2 = lgssm.forecast(frame.iloc[:origin], args.horizon)
     fc2.plot(actual=frame.iloc[origin:origin + args.horizon].to_numpy(), max_history=80,
              title=f"{args.dataset}: LGSSM (exact) forecast from {frame.index[origin - 1]}",
