@@ -218,7 +218,7 @@ def _spd_inverse_logdetf(S: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     if D == 1:
         return 1.0 / S, torch.log(S[0, 0])
     if D == 2:
-        a, b, d = S[0, 0], S[0, 1], S[1, 1]
+        a, b, d = S[0, 0], 0.5 * (S[0, 1] + S[1, 0]), S[1, 1]  # both off-diagonals: a symmetric gradient
         det = a * d - b * b
         inv = torch.stack([torch.stack([d, -b]), torch.stack([-b, a])]) / det
         return inv, torch.log(det)
@@ -362,7 +362,7 @@ def kalman_filter(
     R, R_eff = _prepare_R(r, D, o)
     Cm = C * o[..., None]  # [B, T, D, Z]: missing rows zeroed
     y = x if d is None else x - d
-    y = y * o  # residual target with missing dims zeroed: y - Cm mu is the masked innovation
+    y = torch.where(o > 0, y, 0.0)  # missing dims zeroed (NaN there too): y - Cm mu is the masked innovation
     m0b = m0 if m0.dim() == 2 else m0.expand(B, Z)
     P0b = P0 if P0.dim() == 3 else P0.expand(B, Z, Z)
     # transition into each step as used: identity / no noise on padded steps (they keep the moments)
