@@ -209,8 +209,9 @@ def report(args) -> int:
             continue
         r = json.loads(p.read_text())
         nll = ", ".join(f"{k}: {v:.3f}" for k, v in r["test_nll_iwae"].items())
+        best = "-" if r["best_valid"] is None else f"{-r['best_valid']:.3f}"
         print(f"| {name} | {r['test_neg_elbo']:.3f} | {nll} | {r['published']} | {r['epochs']} | {r['minutes']:.0f} | "
-              f"{-r['best_valid']:.3f} |")
+              f"{best} |")
     if args.plot:
         import matplotlib
 
@@ -251,10 +252,10 @@ def main(argv=None) -> int:
     ap.add_argument("--data-dir", default=os.environ.get("DEEPSTATE_DATA"), help="folder with jsb_chorales.pickle")
     ap.add_argument("--minutes", type=float, default=150.0, help="training wall-time budget of the row (default 150)")
     ap.add_argument("--epochs", type=int, default=None, help="override the row's epoch count")
-    ap.add_argument("--patience", type=int, default=50, help="early stopping: validations without improvement (50)")
+    ap.add_argument("--patience", type=int, default=100, help="early stopping: validations without improvement (100)")
     ap.add_argument("--valid-every", type=int, default=10, help="validate every this many epochs (default 10)")
     ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="seed of the initial parameters, minibatch order and draws")
     ap.add_argument("--evaluate-only", action="store_true", help="evaluate the checkpoint's best epoch again")
     ap.add_argument("--elbo-particles", type=int, default=10, help="single-sample ELBOs averaged on test (10)")
     ap.add_argument("--iwae", default="10,100,500,1000", help="IWAE particle counts for the test NLL")
@@ -271,7 +272,11 @@ def main(argv=None) -> int:
         return report(args)
     if args.row is None:
         ap.error("give a row (see --list), --list or --report")
-    return train_row(args)
+    try:
+        return train_row(args)
+    except (FileNotFoundError, ValueError) as err:  # missing data, a checkpoint of another row: one line
+        print(f"jsb.py: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
