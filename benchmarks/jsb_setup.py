@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-#: Pyro's ``examples/dmm.py`` DMM: z 100, gated transition 200, emitter 100, RNN 600 (a tanh RNN there)
+#: Pyro's ``examples/dmm.py`` DMM: z 100, gated transition 200, emitter 100, RNN 600 (a ReLU ``nn.RNN`` there)
 DMM_SIZES = dict(z_dim=100, transition_dim=200, emission_dim=100, rnn_dim=600)
 
 
@@ -15,12 +15,12 @@ def jsb_train(data_dir=None):
 
 
 def benchmark_model(model: str, pyro_config: bool = False):
-    """``model`` at the papers' sizes; ``pyro_config``: the DKF exactly as in Pyro's example (tanh RNN)."""
+    """``model`` at the papers' sizes; ``pyro_config``: the DKF exactly as in Pyro's example (ReLU RNN)."""
     from deepstate.models import build
 
     hyper = {}
     if model == "dkf":
-        hyper = dict(DMM_SIZES, **({"rnn": "rnn"} if pyro_config else {}))
+        hyper = dict(DMM_SIZES, **({"rnn": "rnn_relu"} if pyro_config else {}))
     return build(model, 88, "bernoulli", **hyper)
 
 

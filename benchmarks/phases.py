@@ -4,7 +4,7 @@ Usage::
 
     python benchmarks/phases.py --objective fivo [--num-particles 4] [--bucket] [--repeats 2] [--data-dir DIR]
 
-The DKF in Pyro's ``examples/dmm.py`` configuration (z 100, transition 200, emitter 100, tanh RNN 600),
+The DKF in Pyro's ``examples/dmm.py`` configuration (z 100, transition 200, emitter 100, ReLU RNN 600),
 one pass over the training set (forward and backward, no optimiser step). The phases are timed by
 wrapping the functions that implement them, so nested phases are included in their parents:
 ``encode`` (the guide's RNN, forward), ``rollout_forward`` (the guide's fused trajectory including the
