@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -191,11 +190,11 @@ def train_row(args) -> int:
 
 
 def curve(out: Path, name: str):
-    """``(minutes, valid bound)`` of a row's validated epochs, from its checkpoint's history."""
+    """``[(minutes, validation -ELBO)]`` of a row's validated epochs, from its checkpoint's history."""
     ck = torch.load(out / name / "checkpoint.pt", map_location="cpu", weights_only=False)
     pts = [(h["elapsed"] / 60, -h["valid_bound"]) for h in ck["history"]
            if h.get("valid_bound") is not None and h.get("elapsed") is not None]
-    return pts, ck["history"]
+    return pts
 
 
 def report(args) -> int:
@@ -224,7 +223,7 @@ def report(args) -> int:
         for name in args.row_plot:
             if not (out / name / "checkpoint.pt").is_file():
                 continue
-            pts, _ = curve(out, name)
+            pts = curve(out, name)
             ax.plot([m for m, _ in pts], [v for _, v in pts], label=f"{name}: validation -ELBO")
             anchor = ROWS[name]["anchor_elbo"]
             if anchor:

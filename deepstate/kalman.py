@@ -426,7 +426,7 @@ def kalman_filter(
 
 
 def _matf(M: torch.Tensor) -> torch.Tensor:
-    """Batch-first ``[B, T, R, C]`` -> matrix-first ``[R, C, B, T]`` (contiguous)."""
+    """Batch-first ``[B, T, R, C]`` -> matrix-first ``[R, C, B, T]`` (contiguous), and back (``_matb``)."""
     return M.permute(2, 3, 0, 1).contiguous()
 
 
@@ -435,9 +435,8 @@ def _vecf(v: torch.Tensor) -> torch.Tensor:
     return v.permute(2, 0, 1).contiguous()
 
 
-def _matb(M: torch.Tensor) -> torch.Tensor:
-    """Matrix-first ``[R, C, B, T]`` -> batch-first ``[B, T, R, C]`` (contiguous)."""
-    return M.permute(2, 3, 0, 1).contiguous()
+# the permutation swaps the two pairs of dims, so it is its own inverse: back to batch-first
+_matb = _matf
 
 
 def _vecb(v: torch.Tensor) -> torch.Tensor:
