@@ -56,7 +56,11 @@ import torch
 __all__ = ["KalmanResult", "SmootherResult", "kalman_filter", "rts_smoother"]
 
 _LOG_2PI = math.log(2 * math.pi)
-METHODS = ("auto", "parallel", "sequential")
+METHODS = ("auto", "parallel", "shared", "sequential")
+# "auto" takes the shared-covariance path for B > 1 sequences of at least this many steps in all
+# (measured: below it the full scan costs little more for a few sequences than for one, and the
+# shared path's extra mean scan is the larger cost)
+_SHARED_MIN_STEPS = 1024
 
 
 @dataclasses.dataclass
@@ -338,8 +342,18 @@ def kalman_filter(
         m0: ``[Z]`` or ``[B, Z]``; P0: ``[Z, Z]`` or ``[B, Z, Z]``: the distribution of ``z_1``.
         b: optional transition offsets ``[Z]`` / ``[B, T, Z]`` (used for ``t > 1``).
         d: optional observation offsets ``[D]`` / ``[B, T, D]``.
-        method: ``"parallel"`` (associative scan, ``O(log T)`` rounds), ``"sequential"`` (one step
-            at a time, Joseph form), or ``"auto"`` (parallel; both agree to rounding error).
+        method: ``"parallel"`` (associative scan, ``O(log T)`` rounds), ``"shared"`` (see below),
+            ``"sequential"`` (one step at a time, Joseph form), or ``"auto"`` (``"shared"`` where it
+            applies, ``B > 1`` and ``B T >= 1024``, else ``"parallel"``; all agree to rounding error).
+
+    **Shared covariances.** When the parameters are shared (``A, Q, C, r, m0, P0`` and the offsets
+    are not per-step or per-sequence) and every value is observed with no padding, the covariance
+    recursion does not depend on the data: every sequence has the same ``P_{t|t-1}``, ``P_{t|t}``
+    and gain ``K_t``. ``"shared"`` then runs the covariance scan once (for one sequence) and the
+    filtered means of all ``B`` sequences by a scan of the affine recursion
+    ``m_t = (I - K_t C) A m_{t-1} + (I - K_t C) b + K_t (x_t - d)``: ``B`` times less matrix work,
+    which is what a batch of series under one model (backtests, likelihoods of many series) needs.
+    Asked for explicitly where it does not apply, it is a ``ValueError``.
 
     Returns:
         :class:`KalmanResult`.
@@ -358,13 +372,25 @@ def kalman_filter(
     dtype, device = x.dtype, x.device
     eye = torch.eye(Z, dtype=dtype, device=device)
     o = (observed & valid[..., None]).to(dtype)  # [B, T, D]
+    shared = method == "shared" or (method == "auto" and 1 < B and B * T >= _SHARED_MIN_STEPS)
+    if shared:
+        shared = (A.dim() == 2 and Q.dim() == 2 and C.dim() == 2 and r.dim() in (1, 2) and m0.dim() == 1
+                  and P0.dim() == 2 and (b is None or b.dim() == 1) and (d is None or d.dim() == 1)
+                  and bool(o.all()))
+        if method == "shared" and not shared:
+            raise ValueError("method: 'shared' needs shared parameters (no per-step or per-sequence A, Q, C, r, "
+                             "m0, P0, b, d), every value observed and no padding")
+    # the parameters' batch: one for the shared path (broadcast over the B sequences), else B
+    Bp = 1 if shared else B
     vf = valid.to(dtype)
+    if shared:
+        o, valid = o[:1], valid[:1]
     R, R_eff = _prepare_R(r, D, o)
     Cm = C * o[..., None]  # [B, T, D, Z]: missing rows zeroed
     y = x if d is None else x - d
     y = torch.where(o > 0, y, 0.0)  # missing dims zeroed (NaN there too): y - Cm mu is the masked innovation
     m0b = m0 if m0.dim() == 2 else m0.expand(B, Z)
-    P0b = P0 if P0.dim() == 3 else P0.expand(B, Z, Z)
+    P0b = P0 if P0.dim() == 3 else P0.expand(Bp, Z, Z)
     # transition into each step as used: identity / no noise on padded steps (they keep the moments)
     keep = valid[:, :, None, None]
     A_eff = torch.where(keep, A, eye)
@@ -376,7 +402,9 @@ def kalman_filter(
     bf = None if b_eff is None else _vecf(b_eff)
     m0f = m0b.transpose(0, 1)[..., None]  # [Z, B, 1]
     P0f = P0b.permute(1, 2, 0)[..., None]  # [Z, Z, B, 1]
-    if method in ("auto", "parallel"):
+    if shared:
+        mf, Pf = _filter_shared(yf, Cmf, Rf_eff, Af, Qf, bf, m0f, P0f, valid)
+    elif method in ("auto", "parallel"):
         mf, Pf = _filter_parallel(yf, Cmf, Rf_eff, Af, Qf, bf, m0f, P0f, valid)
     else:
         mf_b, Pf_b = _filter_sequential(y, Cm, R_eff, A_eff, Q_eff, b_eff, m0b, P0b, valid)
@@ -414,14 +442,14 @@ def kalman_filter(
         log_likelihood=step_ll.sum(1),
         step_log_likelihood=step_ll,
         predicted_mean=_vecb(mp),
-        predicted_cov=_matb(Pp),
+        predicted_cov=_matb(Pp).expand(B, T, Z, Z),
         filtered_mean=_vecb(mf),
-        filtered_cov=_matb(Pf),
+        filtered_cov=_matb(Pf).expand(B, T, Z, Z),
         predicted_obs_mean=_vecb(pom.expand(D, B, T)),
         predicted_obs_cov=_matb(poc.expand(D, D, B, T)),
         A=A_eff.expand(B, T, Z, Z),
         Q=Q_eff.expand(B, T, Z, Z),
-        valid=valid,
+        valid=valid.expand(B, T),
     )
 
 
@@ -484,6 +512,41 @@ def _filter_parallel(y, Cm, R_eff, A_eff, Q_eff, b_eff, m0, P0, valid):
     scan = _scan_hillis_steele if B * T * Z * Z <= 4096 else _scan_blelloch
     out = scan(e)
     return out[:, Z], out[:, Z + 1 : 2 * Z + 1]
+
+
+def _filter_shared(y, Cm, R_eff, A_eff, Q_eff, b_eff, m0, P0, valid):
+    """Filtered moments when the covariances are shared by the ``B`` sequences (see :func:`kalman_filter`).
+
+    ``Cm, R_eff, A_eff, Q_eff, P0`` have a parameter batch of one (``[.., 1, T]``), ``y [D, B, T]`` and
+    ``m0 [Z, B, 1]`` the data's. Returns ``m [Z, B, T]`` and ``P [Z, Z, 1, T]``.
+    """
+    D, B, T = y.shape
+    Z = m0.shape[0]
+    # the covariance scan of one sequence (its data do not enter the covariances)
+    _, Pf = _filter_parallel(y[:, :1], Cm, R_eff, A_eff, Q_eff, None if b_eff is None else b_eff[:, :1],
+                             m0[:, :1], P0, valid)
+    # gains K_t = P_{t|t-1} C^T S_t^{-1}, from the predicted covariances
+    Pp = torch.cat([P0, _symf(_mmf(_mmf(A_eff[..., 1:], Pf[..., :-1]), _tf(A_eff[..., 1:])) + Q_eff[..., 1:])], -1)
+    S = _symf(_mmf(_mmf(Cm, Pp), _tf(Cm))) + R_eff
+    Sinv, _ = _spd_inverse_logdetf(S)
+    K = _mmf(_mmf(Pp, _tf(Cm)), Sinv)  # [Z, D, 1, T]
+    IKC = _eyef(Z, y) - _mmf(K, Cm)
+    # m_t = F_t m_{t-1} + g_t, with m_{-1} = 0 and F_0 = 0 so that g_0 is the first filtered mean
+    g = _mvf(K, y)
+    if b_eff is not None:
+        g = g + _mvf(IKC, b_eff)
+    g0 = m0[..., 0] + _mvf(K[..., 0], y[..., 0] - _mvf(Cm[..., 0], m0[..., 0]))  # [Z, B]
+    g = torch.cat([g0[..., None], g[..., 1:]], -1)
+    F = torch.cat([torch.zeros_like(A_eff[..., :1]), _mmf(IKC[..., 1:], A_eff[..., 1:])], -1)  # [Z, Z, 1, T]
+    # inclusive prefix of the affine maps (Hillis-Steele): the matrix part is one sequence's, the
+    # vector part is every sequence's, so a round costs one small product and one over B x T vectors
+    k = 1
+    while k < T:
+        g = torch.cat([g[..., :k], _mvf(F[..., k:], g[..., : T - k]) + g[..., k:]], -1)
+        if 2 * k < T:
+            F = torch.cat([F[..., :k], _mmf(F[..., k:], F[..., : T - k])], -1)
+        k *= 2
+    return g, Pf
 
 
 def _filter_sequential(y, Cm, R_eff, A_eff, Q_eff, b_eff, m0b, P0b, valid):

@@ -390,3 +390,68 @@ def test_full_2x2_R_gets_a_symmetric_gradient():
     kalman_filter(x, ones, ones[..., 0], 0.9 * eye, 0.1 * eye, torch.eye(D, Z, dtype=torch.float64), R,
                   torch.zeros(Z, dtype=torch.float64), eye).log_likelihood.sum().backward()
     assert torch.allclose(R.grad, R.grad.T, rtol=1e-12, atol=1e-14)
+
+
+# ---------------------------------------------------------------------------- the shared-covariance path
+def _shared_model(B, T, Z, D, seed, full_R=False, offsets="shared", dtype=F64):
+    """Shared parameters, everything observed, no padding: where ``method="shared"`` applies."""
+    return _model(B, T, Z, D, seed, tv=False, full_R=full_R, offsets=offsets, miss=0.0, lengths=[T] * B,
+                  batched_init=False, dtype=dtype) | {"observed": torch.ones(B, T, D, dtype=torch.bool)}
+
+
+@pytest.mark.parametrize("Z,D,B,T", [(1, 1, 3, 7), (2, 1, 5, 300), (2, 2, 4, 33), (3, 2, 2, 64), (5, 3, 3, 17),
+                                     (2, 1, 2, 1)])
+@pytest.mark.parametrize("full_R,offsets", [(False, None), (True, "shared")])
+def test_shared_path_agrees_with_the_step_filter(Z, D, B, T, full_R, offsets):
+    kw = _shared_model(B, T, Z, D, seed=Z * 7 + T, full_R=full_R, offsets=offsets)
+    ks = _run(kw, "sequential")
+    kh = kalman_filter(**kw, method="shared")
+    for f in FIELDS:  # shapes too: the shared covariances come back expanded to [B, T, ...]
+        _close(getattr(kh, f), getattr(ks[0], f), 1e-8, 1e-10, f)
+    _agree(kw, ref=ks)  # and the full scan, for completeness
+    sh = rts_smoother(kh)
+    for f in SMOOTH:
+        _close(getattr(sh, f), getattr(ks[1], f), 1e-8, 1e-10, f"smoother {f}")
+
+
+@pytest.mark.parametrize("Z,D,B,T", [(2, 1, 4, 40), (3, 2, 3, 9)])
+def test_shared_path_gradients_agree(Z, D, B, T):
+    kw = _shared_model(B, T, Z, D, seed=T, full_R=True)
+    gh, gs = _grads(kw, "shared"), _grads(kw, "sequential")
+    assert gh.keys() == gs.keys()
+    for k in gh:
+        _close(gh[k], gs[k], 0, 1e-8 * (gs[k].abs().max().item() + 1.0), f"grad {k}")
+
+
+def test_auto_takes_the_shared_path_only_where_it_applies(monkeypatch):
+    calls = []
+    real = K._filter_shared
+    monkeypatch.setattr(K, "_filter_shared", lambda *a: calls.append(1) or real(*a))
+    kw = _shared_model(8, 200, 2, 1, seed=3)
+    ref = kalman_filter(**kw, method="sequential").log_likelihood
+    _close(kalman_filter(**kw).log_likelihood, ref, 1e-10, 1e-10, "auto")
+    assert calls == [1]  # B T = 1,600 >= 1,024
+    kalman_filter(**_shared_model(1, 2000, 2, 1, seed=3))
+    assert calls == [1]  # one sequence: the full scan
+    # a missing value, padding, per-step matrices or per-sequence initial moments: the full scan, same numbers
+    missing = kw | {"observed": kw["observed"].clone()}
+    missing["observed"][2, 5, 0] = False
+    padded = kw | {"valid": kw["valid"].clone()}
+    padded["valid"][1, 150:] = False
+    per_step = kw | {"A": kw["A"].expand(8, 200, 2, 2)}
+    per_seq = kw | {"m0": kw["m0"].expand(8, 2)}
+    for case in (missing, padded, per_step, per_seq):
+        _close(kalman_filter(**case).log_likelihood, kalman_filter(**case, method="sequential").log_likelihood,
+               1e-10, 1e-10, "fallback")
+        with pytest.raises(ValueError, match="method: 'shared' needs"):
+            kalman_filter(**case, method="shared")
+    assert calls == [1]
+
+
+def test_shared_path_float32():
+    kw = _shared_model(6, 300, 2, 1, seed=11, full_R=True, offsets="shared")
+    ref = kalman_filter(**kw, method="sequential")
+    kw32 = {k: (v.float() if v is not None and v.is_floating_point() else v) for k, v in kw.items()}
+    k32 = kalman_filter(**kw32, method="shared")
+    _close(k32.log_likelihood.double(), ref.log_likelihood, 1e-4, 1e-3, "float32 log-likelihood")
+    _close(k32.filtered_mean.double(), ref.filtered_mean, 1e-3, 1e-3, "float32 filtered mean")
