@@ -3,6 +3,7 @@
     python benchmarks/sunspots_coverage.py srnn                      # one model, raw scale
     python benchmarks/sunspots_coverage.py dkf --transform sqrt      # fitted and forecast on sqrt(x), scored on x
     python benchmarks/sunspots_coverage.py srnn --calibrate          # spread factors fitted on 1909-1948
+    python benchmarks/sunspots_coverage.py srnn --refit              # then refitted on 1700-1948
     python benchmarks/sunspots_coverage.py sarimax                   # SARIMAX(9,0,0), the reference
 
 The setting of ``benchmarks/backtest.py sunspots --valid-steps 40``: yearly sunspot numbers, the
@@ -50,7 +51,7 @@ TEST, VALID, H = 60, 40, 10
 EXACT_STEPS = 100
 
 
-def deep_forecaster(model: str, transformed: np.ndarray, seed: int, likelihood: str):
+def deep_forecaster(model: str, transformed: np.ndarray, seed: int, likelihood: str, refit: bool = False):
     """``paths(o) -> [S, H]`` forecasts (transformed scale) from the history ``transformed[:o]``."""
     import pandas as pd
 
@@ -62,8 +63,13 @@ def deep_forecaster(model: str, transformed: np.ndarray, seed: int, likelihood: 
         est.fit(train, epochs=EXACT_STEPS, progress=False)
     else:
         est = Estimator(model, likelihood=likelihood, objective="fivo", num_particles=8, seed=seed, **HYPER[model])
-        est.fit(train.iloc[:-VALID], valid_data=train.iloc[-VALID:], early_stopping_patience=20, epochs=300, lr=3e-3,
-                batch_size=16, window=40, stride=4, progress=False)
+        fit = dict(lr=3e-3, batch_size=16, window=40, stride=4, progress=False)
+        est.fit(train.iloc[:-VALID], valid_data=train.iloc[-VALID:], early_stopping_patience=20, epochs=300, **fit)
+        if refit:  # the usual last step: a fresh model on all 1700-1948 for the early-stopped epoch count
+            best = max(est.history_, key=lambda h: h["valid_bound"])["epoch"]
+            print(f"{model}: best validation epoch {best} of {len(est.history_)}; refitting on 1700-1948")
+            est = Estimator(model, likelihood=likelihood, objective="fivo", num_particles=8, seed=seed, **HYPER[model])
+            est.fit(train, epochs=best, **fit)
     print(f"{model}: {len(est.history_)} epochs, {time.perf_counter() - t0:.0f} s")
     return lambda o: est.forecast(series.iloc[:o], H, num_samples=1000, seed=o).samples[:, 0, :, 0]
 
@@ -87,6 +93,8 @@ def main(argv=None):
     p.add_argument("--transform", default="none", choices=sorted(TRANSFORMS))
     p.add_argument("--likelihood", default="gaussian", help="deep models' emission (gaussian or studentt)")
     p.add_argument("--calibrate", action="store_true", help="per-horizon spread factors fitted on 1909-1948")
+    p.add_argument("--refit", action="store_true",
+                   help="deep models: refit on all 1700-1948 for the early-stopped number of epochs")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--score-on", default="test", choices=["test", "valid"],
                    help="score the 51 test origins (1949-1999), or the 31 origins inside the validation years 1909-1939")
@@ -97,7 +105,7 @@ def main(argv=None):
     forward, inverse = TRANSFORMS[args.transform]
     ty = forward(y)
     paths = sarimax_forecaster(ty) if args.model == "sarimax" else \
-        deep_forecaster(args.model, ty, args.seed, args.likelihood)
+        deep_forecaster(args.model, ty, args.seed, args.likelihood, args.refit)
     T = len(y)
 
     def scaled(z, k):  # spread around the per-step median, mapped back to sunspot numbers

@@ -34,12 +34,25 @@ def test_every_row_takes_one_training_step(jsb, data_dir, tmp_path):
 
 
 def test_the_dmm_row_is_pyros_recipe(jsb):
+    """Pyro's examples/dmm/dmm.py defaults when its tutorial reported 6.87 (pyro commit 4dc044b)."""
     row = jsb.ROWS["dmm"]
-    assert row["hyper"] == dict(z_dim=100, transition_dim=200, emission_dim=100, rnn_dim=600, rnn="rnn_relu")
-    assert row["optimizer"] == "clipped_adam" and row["loss_scale"] == "sum" and row["lr"] == 3e-4
-    assert row["optimizer_args"] == {"betas": (0.96, 0.999), "clip_norm": 10.0, "lrd": 0.99996, "weight_decay": 2.0}
-    assert row["annealing"] == {"start": 0.2, "warmup_steps": 1000 * 12}
-    assert row["objective"] == "particle_elbo" and row["num_particles"] == 1
+    assert row["hyper"] == dict(z_dim=100, transition_dim=200, emission_dim=100, rnn_dim=600, rnn="rnn_relu",
+                                orthogonal=False, observed_channel=False, learn_h0=True)
+    assert row["optimizer"] == "clipped_adam" and row["loss_scale"] == "sum" and row["lr"] == 4e-4
+    assert row["optimizer_args"] == {"betas": (0.96, 0.999), "clip_norm": 20.0, "lrd": 0.99996, "weight_decay": 0.6}
+    assert row["annealing"] == {"start": 0.1, "warmup_steps": 1000 * 12}
+    assert row["objective"] == "particle_elbo" and row["num_particles"] == 1 and row["bucket_by_length"] is False
+    # the first run's settings stay reproducible as their own row
+    old = jsb.ROWS["dmm_2019"]
+    assert old["lr"] == 3e-4 and old["optimizer_args"]["weight_decay"] == 2.0 and "bucket_by_length" not in old
+    assert old["hyper"] == dict(z_dim=100, transition_dim=200, emission_dim=100, rnn_dim=600, rnn="rnn_relu")
+
+
+def test_the_dmm_row_builds_pyros_guide(jsb):
+    lsm = jsb.build_row(jsb.ROWS["dmm"], seed=0)
+    g = lsm.guide_steps
+    rnn = g.rnns["bac"]
+    assert rnn.input_size == 88 and rnn.nonlinearity == "relu" and set(g.h0) == {"bac"}
 
 
 @pytest.mark.data

@@ -110,20 +110,30 @@ class StructuredInferenceGuide(Guide):
         x_dim, z_dim: sizes of the model. rnn_dim: encoder width (600).
         kind: one of ``GUIDE_KINDS`` (``"st-r"`` default, the paper's DKS).
         rnn: ``"gru"`` | ``"lstm"`` | ``"rnn"`` (tanh) | ``"rnn_relu"`` (Pyro's DMM guide). u_dim: covariates given to the encoder.
-        orthogonal: ``True`` (orthogonal init), ``"parametrize"`` (kept orthogonal) or ``False``.
+        orthogonal: ``True`` (orthogonal init), ``"parametrize"`` (kept orthogonal) or ``False``
+            (PyTorch's default initialisation, as Pyro's DMM).
+        observed_channel: give the encoder the observed mask beside ``x * observed`` (``True``, the
+            default: a missing value is then distinguishable from a zero). ``False`` feeds ``x`` alone,
+            with missing values as zeros, as Pyro's DMM does (its data have none).
+        learn_h0: learn the encoder RNNs' initial state (Pyro's DMM does) instead of starting at zeros.
     """
 
     uses_prior = False
 
     def __init__(self, x_dim: int, z_dim: int = 100, rnn_dim: int = 600, kind: str = "st-r", rnn: str = "gru",
-                 u_dim: int = 0, min_scale: float = 1e-3, orthogonal=True):
+                 u_dim: int = 0, min_scale: float = 1e-3, orthogonal=True, observed_channel: bool = True,
+                 learn_h0: bool = False):
         super().__init__()
         if kind not in GUIDE_KINDS:
             raise ValueError(f"guide: expected one of {tuple(GUIDE_KINDS)}, got {kind!r}")
         self.kind, self.min_scale, self.z_dim = kind, min_scale, z_dim
         self.directions, self.structured = GUIDE_KINDS[kind]
+        self.observed_channel = bool(observed_channel)
+        in_dim = (2 if self.observed_channel else 1) * x_dim + u_dim
         # ModuleDict keys cannot be "forward" (an nn.Module attribute): key by the first three letters
-        self.rnns = nn.ModuleDict({d[:3]: make_rnn(rnn, 2 * x_dim + u_dim, rnn_dim, orthogonal) for d in self.directions})
+        self.rnns = nn.ModuleDict({d[:3]: make_rnn(rnn, in_dim, rnn_dim, orthogonal) for d in self.directions})
+        self.h0 = nn.ParameterDict({d[:3]: nn.Parameter(torch.zeros(rnn_dim)) for d in self.directions}) \
+            if learn_h0 else None
         if self.structured:
             self.z_q_0 = nn.Parameter(torch.zeros(z_dim))
             self.z_to_hidden = nn.Linear(z_dim, rnn_dim)
@@ -131,10 +141,14 @@ class StructuredInferenceGuide(Guide):
         self.head = nn.Linear(rnn_dim, 2 * z_dim)
 
     def encode(self, batch, c):
-        inp = masked_input(batch.x, batch.observed)
+        if self.observed_channel:
+            inp = masked_input(batch.x, batch.observed)
+        else:
+            inp = torch.where(batch.observed, batch.x, torch.zeros((), dtype=batch.x.dtype, device=batch.x.device))
         if batch.u is not None:
             inp = torch.cat([inp, batch.u], -1)
-        hs = [run_rnn(self.rnns[d[:3]], inp, batch.lengths, d) for d in self.directions]
+        hs = [run_rnn(self.rnns[d[:3]], inp, batch.lengths, d, None if self.h0 is None else self.h0[d[:3]])
+              for d in self.directions]
         return {"h": hs[0] if len(hs) == 1 else sum(hs)}
 
     def initial(self, batch_shape):

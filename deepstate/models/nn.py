@@ -154,23 +154,31 @@ def reverse_within_length(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tenso
     return torch.gather(x, 1, idx.reshape(B, T, *([1] * (x.dim() - 2))).expand_as(x))
 
 
-def run_rnn(rnn: nn.Module, x: torch.Tensor, lengths: torch.Tensor, direction: str = "forward") -> torch.Tensor:
+def run_rnn(rnn: nn.Module, x: torch.Tensor, lengths: torch.Tensor, direction: str = "forward",
+            h0: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Run a batch-first RNN over whole padded sequences ``x [B, T, F] -> [B, T, H]``.
 
     ``direction``: ``"forward"`` (state at t summarises ``x_{1:t}``) or ``"backward"`` (``x_{t:T_b}``,
     reversed within each sequence's length). A bidirectional encoder is one RNN of each direction.
     Padded steps are skipped (packed sequences); their outputs are zeros and must be masked by the caller.
+    ``h0``: optional initial state ``[H]`` shared by the sequences (a learned parameter; zeros when
+    ``None``; an LSTM's cell state starts at zeros).
     """
     if direction not in ("forward", "backward"):
         raise ValueError(f"direction: expected 'forward' or 'backward', got {direction!r}")
     if direction == "backward":
         x = reverse_within_length(x, lengths)
+    hx = None
+    if h0 is not None:
+        hx = h0.expand(1, x.shape[0], h0.shape[-1]).contiguous()
+        if isinstance(rnn, nn.LSTM):
+            hx = (hx, torch.zeros_like(hx))
     if bool((lengths == x.shape[1]).all()):
-        out = rnn(x)[0]
+        out = rnn(x, hx)[0]
     else:
         # packing skips the padded steps (as Pyro's DMM does): less work when lengths vary
         packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
-        out = pad_packed_sequence(rnn(packed)[0], batch_first=True, total_length=x.shape[1])[0]
+        out = pad_packed_sequence(rnn(packed, hx)[0], batch_first=True, total_length=x.shape[1])[0]
     return reverse_within_length(out, lengths) if direction == "backward" else out
 
 
