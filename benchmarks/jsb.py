@@ -220,7 +220,14 @@ def report(args) -> int:
     for name in ROWS:
         p = out / name / "result.json"
         if not p.is_file():
-            print(f"| {name} | not run yet | | {ROWS[name]['published']} | | | |")
+            ck_path = out / name / "checkpoint.pt"
+            if not ck_path.is_file():
+                print(f"| {name} | not run yet | | {ROWS[name]['published']} | | | |")
+                continue
+            ck = torch.load(ck_path, map_location="cpu", weights_only=False)  # a row stopped before its evaluation
+            best = "-" if ck.get("best_valid") is None else f"{-ck['best_valid']:.3f}"
+            print(f"| {name} | unfinished (continue it to evaluate) | | {ROWS[name]['published']} | {ck['epoch']} | "
+                  f"{ck.get('elapsed', 0.0) / 60:.0f} | {best} |")
             continue
         r = json.loads(p.read_text())
         nll = ", ".join(f"{k}: {v:.3f}" for k, v in r["test_nll_iwae"].items())

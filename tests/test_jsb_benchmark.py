@@ -75,4 +75,8 @@ def test_a_row_resumes_after_its_budget_and_is_evaluated(jsb, data_dir, tmp_path
     assert res["epochs"] == 2 and res["frames"] == 4725  # the test split: 4,725 frames
     assert 0 < res["test_neg_elbo"] and 0 < res["test_nll_iwae"]["2"] <= res["test_neg_elbo"] + 1.0
     assert jsb.main(["--report", "--out", str(tmp_path)]) == 0
-    assert "| dmm |" in capsys.readouterr().out
+    assert f"| dmm | {res['test_neg_elbo']:.3f} |" in capsys.readouterr().out
+    # a row with a checkpoint but no result yet (stopped mid-training) is reported as unfinished, with its epochs
+    (tmp_path / "dmm" / "result.json").unlink()
+    assert jsb.main(["--report", "--out", str(tmp_path)]) == 0
+    assert "| dmm | unfinished (continue it to evaluate) | |" in capsys.readouterr().out
