@@ -243,13 +243,15 @@ def report(args) -> int:
         from deepstate.plots._save import save_figure
 
         fig, ax = plt.subplots(figsize=(7, 4))
+        anchors = set()
         for name in args.row_plot:
             if not (out / name / "checkpoint.pt").is_file():
                 continue
             pts = curve(out, name)
             ax.plot([m for m, _ in pts], [v for _, v in pts], label=f"{name}: validation -ELBO")
             anchor = ROWS[name]["anchor_elbo"]
-            if anchor:
+            if anchor and anchor not in anchors:  # rows sharing a published figure draw it once
+                anchors.add(anchor)
                 ax.axhline(anchor, ls="--", lw=1, color="grey", label=f"published test -ELBO {anchor}")
         ax.axhline(7.0, ls=":", lw=1, color="red", label="goal: 7.0")
         ax.set_xlabel("wall-clock minutes of training (2-core CPU)")
