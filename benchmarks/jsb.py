@@ -131,7 +131,7 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def evaluate_row(trainer, test, elbo_particles: int, iwae: list, seed: int) -> dict:
+def evaluate_row(trainer, test, elbo_particles: int, iwae: list, seed: int, fivo: list = ()) -> dict:
     """The test numbers of the best validation epoch's parameters (see the module docstring)."""
     from deepstate.inference import evaluate
 
@@ -152,6 +152,13 @@ def evaluate_row(trainer, test, elbo_particles: int, iwae: list, seed: int) -> d
         r = evaluate(lsm, test, objective="iwae", num_particles=k, seed=seed + k, batch_size=8)
         res["test_nll_iwae"][str(k)] = -r["nats_per_frame"]
         log(f"test NLL (IWAE, K = {k}) {-r['nats_per_frame']:.4f} nats/frame ({time.perf_counter() - t0:.0f} s)")
+    # the FIVO bound with N particles: the same yardstick for rows trained with any objective
+    res["test_neg_fivo"] = {}
+    for n in fivo:
+        t0 = time.perf_counter()
+        r = evaluate(lsm, test, objective="fivo", num_particles=n, seed=seed + 7 * n, batch_size=8)
+        res["test_neg_fivo"][str(n)] = -r["nats_per_frame"]
+        log(f"test -FIVO bound (N = {n}) {-r['nats_per_frame']:.4f} nats/frame ({time.perf_counter() - t0:.0f} s)")
     return res
 
 
@@ -191,7 +198,7 @@ def train_row(args) -> int:
             return 0
     else:
         trainer.load_checkpoint()
-    res = evaluate_row(trainer, data["test"], args.elbo_particles, args.iwae, args.seed)
+    res = evaluate_row(trainer, data["test"], args.elbo_particles, args.iwae, args.seed, args.fivo)
     best_epoch = max((h for h in trainer.history if h["valid_bound"] is not None), key=lambda h: h["valid_bound"],
                      default=None)
     res.update(row=name, epochs=trainer.epoch, minutes=trainer.elapsed / 60, best_valid=trainer.best_valid,
@@ -215,24 +222,27 @@ def curve(out: Path, name: str):
 
 def report(args) -> int:
     out = Path(args.out)
-    print("| row | test -ELBO | NLL (IWAE K: value) | published | epochs | minutes | best valid -ELBO |")
-    print("|---|---|---|---|---|---|---|")
+    print("| row | test -ELBO | test -FIVO (N: value) | NLL (IWAE K: value) | published | epochs | minutes | "
+          "best valid -ELBO |")
+    print("|---|---|---|---|---|---|---|---|")
     for name in ROWS:
         p = out / name / "result.json"
         if not p.is_file():
             ck_path = out / name / "checkpoint.pt"
             if not ck_path.is_file():
-                print(f"| {name} | not run yet | | {ROWS[name]['published']} | | | |")
+                print(f"| {name} | not run yet | | | {ROWS[name]['published']} | | | |")
                 continue
             ck = torch.load(ck_path, map_location="cpu", weights_only=False)  # a row stopped before its evaluation
             best = "-" if ck.get("best_valid") is None else f"{-ck['best_valid']:.3f}"
-            print(f"| {name} | unfinished (continue it to evaluate) | | {ROWS[name]['published']} | {ck['epoch']} | "
+            print(f"| {name} | unfinished (continue it to evaluate) | | | {ROWS[name]['published']} | {ck['epoch']} | "
                   f"{ck.get('elapsed', 0.0) / 60:.0f} | {best} |")
             continue
         r = json.loads(p.read_text())
         nll = ", ".join(f"{k}: {v:.3f}" for k, v in r["test_nll_iwae"].items())
         best = "-" if r["best_valid"] is None else f"{-r['best_valid']:.3f}"
-        print(f"| {name} | {r['test_neg_elbo']:.3f} | {nll} | {r['published']} | {r['epochs']} | {r['minutes']:.0f} | "
+        fivo = ", ".join(f"{k}: {v:.3f}" for k, v in r.get("test_neg_fivo", {}).items()) or "-"
+        print(f"| {name} | {r['test_neg_elbo']:.3f} | {fivo} | {nll} | {r['published']} | {r['epochs']} | "
+              f"{r['minutes']:.0f} | "
               f"{best} |")
     if args.plot:
         import matplotlib
@@ -283,9 +293,11 @@ def main(argv=None) -> int:
     ap.add_argument("--evaluate-only", action="store_true", help="evaluate the checkpoint's best epoch again")
     ap.add_argument("--elbo-particles", type=int, default=10, help="single-sample ELBOs averaged on test (10)")
     ap.add_argument("--iwae", default="10,100,500,1000", help="IWAE particle counts for the test NLL")
+    ap.add_argument("--fivo", default="4", help="particle counts of the test FIVO bound (default 4; '' for none)")
     ap.add_argument("--print-every", type=float, default=60.0, help="seconds between progress lines")
     args = ap.parse_args(argv)
     args.iwae = [int(k) for k in str(args.iwae).split(",") if k]
+    args.fivo = [int(n) for n in str(args.fivo).split(",") if n]
     args.row_plot = [r for r in args.row_plot.split(",") if r]
     if args.list:
         for name, row in ROWS.items():

@@ -36,10 +36,16 @@ def main(argv=None):
     ap.add_argument("--bucket", action="store_true", help="length bucketing (less padding)")
     ap.add_argument("--pyro-config", action="store_true", help="match Pyro's examples/dmm.py configuration")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-fused-rnn", action="store_true",
+                    help="train the guide's nn.RNN with torch's autograd (before the hand-written backward)")
     ap.add_argument("--profile", action="store_true", help="print a torch profiler table for one epoch")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.no_fused_rnn:
+        import deepstate.models.nn
+
+        deepstate.models.nn.USE_FUSED_RNN = False
 
     import pyro
     from pyro.infer import Trace_ELBO

@@ -520,7 +520,7 @@ def _filter_shared(y, Cm, R_eff, A_eff, Q_eff, b_eff, m0, P0, valid):
     ``Cm, R_eff, A_eff, Q_eff, P0`` have a parameter batch of one (``[.., 1, T]``), ``y [D, B, T]`` and
     ``m0 [Z, B, 1]`` the data's. Returns ``m [Z, B, T]`` and ``P [Z, Z, 1, T]``.
     """
-    D, B, T = y.shape
+    T = y.shape[-1]
     Z = m0.shape[0]
     # the covariance scan of one sequence (its data do not enter the covariances)
     _, Pf = _filter_parallel(y[:, :1], Cm, R_eff, A_eff, Q_eff, None if b_eff is None else b_eff[:, :1],

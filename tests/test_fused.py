@@ -100,3 +100,51 @@ def test_fused_path_continues_chunks_like_the_step_loop(resample):
             state, prev_rows = r.state, rows
         totals.append(total)
     torch.testing.assert_close(totals[0], totals[1], rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+def test_elman_rnn_gradcheck(nonlinearity):
+    from deepstate.models.fused import elman_rnn
+
+    torch.manual_seed(1)
+    d = torch.float64
+    x = torch.randn(3, 6, 4, dtype=d, requires_grad=True)
+    lengths = torch.tensor([4, 6, 2])
+    w_ih = torch.randn(5, 4, dtype=d, requires_grad=True)
+    w_hh = torch.randn(5, 5, dtype=d, requires_grad=True) / 2
+    b = torch.randn(5, dtype=d, requires_grad=True)
+    h0 = torch.randn(3, 5, dtype=d, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda *a: elman_rnn(*a[:1], lengths, *a[1:], nonlinearity),
+                                    (x, w_ih, w_hh.detach().requires_grad_(), b, h0))
+
+
+@pytest.mark.parametrize("direction", ["forward", "backward"])
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+@pytest.mark.parametrize("learned_h0", [False, True])
+def test_run_rnn_fused_path_equals_nn_rnn(direction, nonlinearity, learned_h0, monkeypatch):
+    """run_rnn trains a one-layer nn.RNN through elman_rnn: outputs and every gradient equal those of
+    torch's own nn.RNN over packed sequences (padding included, lengths unsorted)."""
+    from torch import nn
+
+    from deepstate.models import nn as dsnn
+
+    torch.manual_seed(2)
+    rnn = nn.RNN(7, 5, batch_first=True, nonlinearity=nonlinearity).double()
+    x = torch.randn(4, 9, 7, dtype=torch.float64, requires_grad=True)
+    lengths = torch.tensor([3, 9, 1, 6])
+    h0 = torch.randn(5, dtype=torch.float64, requires_grad=True) if learned_h0 else None
+    assert dsnn._fused_applies(rnn, x)
+    out = dsnn.run_rnn(rnn, x, lengths, direction, h0)
+    params = [x, *rnn.parameters()] + ([h0] if learned_h0 else [])
+    g = torch.randn_like(out)
+    grads = torch.autograd.grad((out * g).sum(), params)
+    # the reference: torch's nn.RNN, with the fused path switched off
+    with torch.no_grad():
+        assert not dsnn._fused_applies(rnn, x)
+    monkeypatch.setattr(dsnn, "_fused_applies", lambda rnn, x: False)
+    ref = dsnn.run_rnn(rnn, x, lengths, direction, h0)
+    ref_grads = torch.autograd.grad((ref * g).sum(), params)
+    assert torch.allclose(out, ref, atol=1e-12)
+    assert (out[2, 1:] == 0).all()  # padded steps output zeros, as pad_packed_sequence gives
+    for a, b in zip(grads, ref_grads):
+        assert torch.allclose(a, b, atol=1e-10)

@@ -17,6 +17,8 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from .fused import elman_rnn
+
 __all__ = [
     "MLP",
     "GatedTransition",
@@ -154,6 +156,20 @@ def reverse_within_length(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tenso
     return torch.gather(x, 1, idx.reshape(B, T, *([1] * (x.dim() - 2))).expand_as(x))
 
 
+#: train one-layer ``nn.RNN`` encoders through :func:`~deepstate.models.fused.elman_rnn` where it applies
+#: (set to ``False`` to time or compare against torch's own RNN, e.g. ``benchmarks/throughput.py --no-fused-rnn``)
+USE_FUSED_RNN = True
+
+
+def _fused_applies(rnn: nn.Module, x: torch.Tensor) -> bool:
+    """Whether :func:`run_rnn` trains ``rnn`` with :func:`~deepstate.models.fused.elman_rnn`: a one-layer,
+    one-direction ``nn.RNN`` with biases, on CPU, while gradients are wanted (cuDNN has its own fused
+    kernels, and without gradients torch's native loop is as fast)."""
+    return (USE_FUSED_RNN and type(rnn) is nn.RNN and rnn.num_layers == 1 and not rnn.bidirectional and rnn.bias
+            and rnn.batch_first and x.device.type == "cpu" and torch.is_grad_enabled()
+            and rnn.weight_hh_l0.requires_grad)
+
+
 def run_rnn(rnn: nn.Module, x: torch.Tensor, lengths: torch.Tensor, direction: str = "forward",
             h0: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Run a batch-first RNN over whole padded sequences ``x [B, T, F] -> [B, T, H]``.
@@ -168,6 +184,11 @@ def run_rnn(rnn: nn.Module, x: torch.Tensor, lengths: torch.Tensor, direction: s
         raise ValueError(f"direction: expected 'forward' or 'backward', got {direction!r}")
     if direction == "backward":
         x = reverse_within_length(x, lengths)
+    if _fused_applies(rnn, x):
+        h = rnn.hidden_size
+        out = elman_rnn(x, lengths, rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0 + rnn.bias_hh_l0,
+                        x.new_zeros(x.shape[0], h) if h0 is None else h0.expand(x.shape[0], h), rnn.nonlinearity)
+        return reverse_within_length(out, lengths) if direction == "backward" else out
     hx = None
     if h0 is not None:
         hx = h0.expand(1, x.shape[0], h0.shape[-1]).contiguous()
