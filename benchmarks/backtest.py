@@ -33,8 +33,11 @@ CONFIGS = {
 
 
 def fit_deep(args, train, seed: int) -> Estimator:
-    """The deep model fitted on ``train`` (early stopping on its last ``--valid-steps`` steps when given)."""
+    """The deep model fitted on ``train`` (early stopping on its last ``--valid-steps`` steps when given;
+    the DeepState-style model by exact maximum likelihood, L-BFGS, on all of ``train``)."""
     est = deep_model(argparse.Namespace(**{**vars(args), "seed": seed}))
+    if args.model == "deepstate":
+        return est.fit(train, epochs=args.exact_steps, progress=False)
     kw = dict(epochs=args.epochs, lr=3e-3, batch_size=16, window=40, stride=4, progress=False)
     if args.valid_steps:
         # early stopping on the held-out end of the training part (the backtest's test part stays unseen)
@@ -44,6 +47,13 @@ def fit_deep(args, train, seed: int) -> Estimator:
 
 
 def deep_model(args) -> Estimator:
+    if args.model == "deepstate":
+        # the DeepState-style model (Rangapuram et al. 2018) with a level and a damped stochastic cycle
+        # whose period (initially the dataset's season) and damping are learned: exact Kalman likelihood,
+        # so its forecasts are exact Gaussian predictives
+        return Estimator("deepstate", objective="exact", seed=args.seed, dtype=torch.float64, trend=False,
+                         cycle_period=float(CONFIGS[args.dataset]["season"]), rnn_dim=args.hidden,
+                         hidden_dim=args.hidden)
     common = dict(likelihood=args.likelihood, objective=args.objective, num_particles=args.num_particles,
                   seed=args.seed, z_dim=args.z_dim, rnn_dim=args.hidden, min_scale=args.min_scale)
     if args.model == "srnn":
@@ -73,7 +83,9 @@ def main(argv=None):
     p.add_argument("--num-samples", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", default=os.environ.get("DEEPSTATE_DATA"))
-    p.add_argument("--model", default="dkf", choices=["dkf", "srnn"], help="the deep model (default dkf)")
+    p.add_argument("--model", default="dkf", choices=["dkf", "srnn", "deepstate"],
+                   help="the deep model (default dkf; deepstate: level + learned damped cycle, univariate)")
+    p.add_argument("--exact-steps", type=int, default=200, help="deepstate: L-BFGS iterations (default 200)")
     p.add_argument("--z-dim", type=int, default=4, help="deep model's latent dimension")
     p.add_argument("--hidden", type=int, default=32, help="deep model's widths (transition/emission/RNNs)")
     p.add_argument("--augmented", action="store_true", help="DKF-Aug: the previous value feeds the emission")
@@ -94,6 +106,8 @@ def main(argv=None):
     if cfg["log"]:
         frame = np.log(frame)
     frame = frame.astype("float64")
+    if args.model == "deepstate" and frame.shape[1] > 1:
+        p.error(f"--model deepstate: the DeepState-style model is univariate; {args.dataset} has {frame.shape[1]} series")
     train = frame.iloc[: len(frame) - cfg["test_size"]]
     os.makedirs(args.out, exist_ok=True)
     torch.manual_seed(args.seed)
@@ -113,7 +127,8 @@ def main(argv=None):
     t0 = time.perf_counter()
     base = backtest(None, frame, **kw)
     timings["baselines"] = time.perf_counter() - t0
-    models = [("lgssm (exact)", lgssm), (f"{args.model} (particles)", deep)]
+    exact_deep = args.model == "deepstate"
+    models = [("lgssm (exact)", lgssm), (f"{args.model} ({'exact' if exact_deep else 'particles'})", deep)]
     if args.ensemble > 1:
         models.append((f"{args.model} ensemble of {args.ensemble} seeds", members))
     for name, est in models:
@@ -138,7 +153,7 @@ def main(argv=None):
     print("arguments:", vars(args))
     # held-out conditional log-likelihood of the tail given the training part (nats per step)
     tail = frame.iloc[len(train):]
-    for name, est, obj in (("lgssm", lgssm, "exact"), (args.model, deep, "fivo")):
+    for name, est, obj in (("lgssm", lgssm, "exact"), (args.model, deep, "exact" if exact_deep else "fivo")):
         v = est.log_likelihood(tail, history=train, objective=obj, num_particles=2000)
         print(f"{name}: log p(test | train) = {v:.3f} nats per step (conditional)")
     # pictures: the deep model's forecast from the last origin and the score table

@@ -220,6 +220,46 @@ def curve(out: Path, name: str):
     return pts
 
 
+def plot_objectives(out: Path, rows: list, path: str) -> None:
+    """Two panels for rows trained with different objectives: each row's own training bound against
+    epochs (progress per epoch), and the validation -ELBO against wall-clock minutes (the same yardstick
+    at equal budget)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from deepstate.plots._save import save_figure
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    for name in rows:
+        if not (out / name / "checkpoint.pt").is_file():
+            continue
+        ck = torch.load(out / name / "checkpoint.pt", map_location="cpu", weights_only=False)
+        h = ck["history"]
+        row = ROWS[name]
+        objective = {"particle_elbo": "ELBO"}.get(row["objective"], row["objective"].upper())
+        if row["objective"] != "particle_elbo":
+            objective += f" (N = {row['num_particles']})"
+        ax1.plot([x["epoch"] for x in h], [-x["train_bound"] for x in h], lw=0.8,
+                 label=f"{name}: training -{objective}")
+        pts = curve(out, name)
+        ax2.plot([m for m, _ in pts], [v for _, v in pts], label=f"{name}: validation -ELBO")
+    ax1.set_xlabel("epoch")
+    ax1.set_ylabel("training bound of its own objective, nats per frame")
+    ax1.set_title("progress per epoch")
+    ax2.set_xlabel("wall-clock minutes of training (2-core CPU)")
+    ax2.set_ylabel("validation -ELBO, nats per frame")
+    ax2.set_title("at equal wall-clock budget")
+    for ax in (ax1, ax2):
+        ax.set_ylim(top=min(ax.get_ylim()[1], 12))
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle("JSB chorales: rows trained with different objectives (lower is better)")
+    save_figure(fig, path)
+    print(f"wrote {path}")
+
+
 def report(args) -> int:
     out = Path(args.out)
     print("| row | test -ELBO | test -FIVO (N: value) | NLL (IWAE K: value) | published | epochs | minutes | "
@@ -272,6 +312,8 @@ def report(args) -> int:
         ax.grid(alpha=0.3)
         save_figure(fig, args.plot)
         print(f"wrote {args.plot}")
+    if args.plot_objectives:
+        plot_objectives(out, args.row_plot, args.plot_objectives)
     return 0
 
 
@@ -281,6 +323,9 @@ def main(argv=None) -> int:
     ap.add_argument("--list", action="store_true", help="list the rows with their settings and sources")
     ap.add_argument("--report", action="store_true", help="print the table of evaluated rows")
     ap.add_argument("--plot", default=None, help="with --report: PNG of validation bound against minutes")
+    ap.add_argument("--plot-objectives", default=None,
+                    help="with --report: PNG of each --row-plot row's training bound per epoch and validation "
+                         "-ELBO per minute (rows trained with different objectives)")
     ap.add_argument("--row-plot", default="dmm", help="with --plot: comma-separated rows to draw (default dmm)")
     ap.add_argument("--out", default="runs/jsb", help="folder for checkpoints, logs and results (default runs/jsb)")
     ap.add_argument("--data-dir", default=os.environ.get("DEEPSTATE_DATA"), help="folder with jsb_chorales.pickle")

@@ -46,6 +46,9 @@ HYPER = {
     # the DeepState-style model (Rangapuram et al. 2018): level + slope + an 11-year seasonal block,
     # exact Kalman likelihood, so its forecast intervals are exact Gaussian predictives
     "deepstate": dict(season_length=11),
+    # the same model with a damped stochastic cycle of learned period (initially 11 years) in place of
+    # the fixed 11-year season: a level plus a quasi-periodic component (Harvey 1989)
+    "deepstate_cycle": dict(trend=False, cycle_period=11.0),
 }
 TEST, VALID, H = 60, 40, 10
 EXACT_STEPS = 100
@@ -58,8 +61,8 @@ def deep_forecaster(model: str, transformed: np.ndarray, seed: int, likelihood: 
     series = pd.Series(transformed)
     train = series.iloc[: len(series) - TEST]
     t0 = time.perf_counter()
-    if model == "deepstate":  # exact maximum likelihood (L-BFGS) on 1700-1948
-        est = Estimator(model, objective="exact", seed=seed, dtype=torch.float64, **HYPER[model])
+    if model.startswith("deepstate"):  # exact maximum likelihood (L-BFGS) on 1700-1948
+        est = Estimator("deepstate", objective="exact", seed=seed, dtype=torch.float64, **HYPER[model])
         est.fit(train, epochs=EXACT_STEPS, progress=False)
     else:
         est = Estimator(model, likelihood=likelihood, objective="fivo", num_particles=8, seed=seed, **HYPER[model])

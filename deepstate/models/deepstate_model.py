@@ -5,12 +5,18 @@ An RNN over covariates (and calendar features) emits, at every step, the paramet
 linear-Gaussian *innovation* state-space model; the likelihood is exact, through the Kalman filter::
 
     h_t = RNN(h_{t-1}, [u_t, season_onehot_t])                       (never reads the target)
-    Theta_t = (sigma_level_t, sigma_slope_t, gamma_t, sigma_obs_t, b_t) = Psi(h_t)
-    state  z_t = [level, slope, s_1..s_S]
-    z_1 ~ N(m0, diag(p0));   z_t = A z_{t-1} + N(0, diag(q_t))         A = [[1, 1], [0, 1]] (+) I_S
-    x_t = a_t^T z_t + b_t + N(0, sigma_obs_t^2)                      a_t = [1, 0, onehot(season_t)]
+    Theta_t = (sigma_level_t, sigma_slope_t, gamma_t, sigma_cycle_t, sigma_obs_t, b_t) = Psi(h_t)
+    state  z_t = [level, slope, s_1..s_S, c, c*]
+    z_1 ~ N(m0, diag(p0));   z_t = A z_{t-1} + N(0, diag(q_t))   A = [[1, 1], [0, 1]] (+) I_S (+) rho R(lambda)
+    x_t = a_t^T z_t + b_t + N(0, sigma_obs_t^2)                  a_t = [1, 0, onehot(season_t), 1, 0]
 
-with ``q_t = [sigma_level_t^2, sigma_slope_t^2, gamma_t^2 * onehot(season_t)] + floor``. The floor (a
+with ``q_t = [sigma_level_t^2, sigma_slope_t^2, gamma_t^2 * onehot(season_t), sigma_cycle_t^2 (x2)] + floor``.
+
+The optional damped stochastic cycle (Harvey 1989, *Forecasting, Structural Time Series Models and
+the Kalman Filter*, section 2.3; statsmodels' ``UnobservedComponents(cycle=True, damped_cycle=True)``)
+rotates ``(c, c*)`` by the learned frequency ``lambda = 2 pi / period`` and damps it by ``rho`` in
+(0, 1): a quasi-periodic component whose period is learned rather than fixed, for cycles whose
+length varies (sunspots' 9-14 years), where a seasonal block of fixed length drifts out of phase. The floor (a
 tiny variance on every state dimension) keeps ``p(z_t | z_{t-1})`` a proper density, so the same model
 also runs as protocol steps under Pyro's SVI and the particle filter (the paper's exact seasonal
 ISSM puts zero noise on inactive seasons).
@@ -47,6 +53,8 @@ class DeepStateModel(ExactLikelihoodFitMixin, StateSpaceModel):
         rnn_dim: RNN width (40), hidden_dim: width of the parameter head (40).
         rnn: ``"lstm"`` (the paper's) | ``"gru"`` | ``"rnn"``.
         min_variance: floor on every state variance (``1e-4``) and on the observation variance.
+        cycle_period: 0 (no cycle) or the initial period, in steps (> 2), of a damped stochastic cycle;
+            the period and the damping (initially 0.9) are learned.
 
     Features ``c_t``: ``{"q": [B, Z] state noise variances, "a": [B, Z] emission vector,
     "obs_scale": [B, 1], "obs_offset": [B, 1]}``. Carry: ``{"z": [*bs, Z], "first": [*bs]}``.
@@ -58,26 +66,56 @@ class DeepStateModel(ExactLikelihoodFitMixin, StateSpaceModel):
 
     def __init__(self, x_dim: int = 1, u_dim: int = 0, season_length: int = 0, trend: bool = True,
                  rnn_dim: int = 40, hidden_dim: int = 40, rnn: str = "lstm", min_variance: float = 1e-4,
-                 orthogonal=True):
+                 orthogonal=True, cycle_period: float = 0.0):
         super().__init__()
         if x_dim != 1:
             raise ValueError(f"x_dim: the DeepState model is univariate (x_dim=1), got {x_dim}")
         if season_length < 0 or season_length == 1:
             raise ValueError(f"season_length: expected 0 (none) or >= 2, got {season_length}")
+        if isinstance(cycle_period, bool) or not isinstance(cycle_period, (int, float)) or not (
+                cycle_period == 0 or cycle_period > 2):
+            raise ValueError(f"cycle_period: expected 0 (no cycle) or a period > 2 steps, got {cycle_period!r}")
         self.x_dim, self.u_dim, self.season_length, self.trend = 1, u_dim, season_length, trend
         self.min_variance = min_variance
+        self.cycle = cycle_period > 0
         n_trend = 2 if trend else 1
-        self.z_dim = n_trend + season_length
+        self.z_dim = n_trend + season_length + (2 if self.cycle else 0)
         A = torch.eye(self.z_dim)
         if trend:
             A[0, 1] = 1.0
+        if self.cycle:
+            A[-2:, -2:] = 0.0  # the cycle's block comes from its learned period and damping
+            # period = 2 + softplus(raw): any period above 2 steps (the Nyquist limit)
+            self.cycle_period_raw = nn.Parameter(torch.tensor(float(cycle_period) - 2.0).expm1().log())
+            self.cycle_damping_raw = nn.Parameter(torch.logit(torch.tensor(0.9)))
         self.register_buffer("A", A)
         self.rnn = make_rnn(rnn, max(u_dim + season_length, 1), rnn_dim, orthogonal)
-        # per step: level, (slope), (seasonal gamma), obs scale, obs offset
-        self.n_noise = n_trend + (1 if season_length else 0)
+        # per step: level, (slope), (seasonal gamma), (cycle), obs scale, obs offset
+        self.n_noise = n_trend + (1 if season_length else 0) + (1 if self.cycle else 0)
         self.head = MLP([rnn_dim, hidden_dim, self.n_noise + 2])
         self.m0 = nn.Parameter(torch.zeros(self.z_dim))
         self.log_p0 = nn.Parameter(torch.zeros(self.z_dim))
+
+    @property
+    def cycle_period(self) -> torch.Tensor:
+        """The cycle's period in steps (a scalar tensor; only with ``cycle_period > 0``)."""
+        return 2.0 + nn.functional.softplus(self.cycle_period_raw)
+
+    @property
+    def cycle_damping(self) -> torch.Tensor:
+        """The cycle's damping ``rho`` in (0, 1) (only with ``cycle_period > 0``)."""
+        return torch.sigmoid(self.cycle_damping_raw)
+
+    def transition_matrix(self) -> torch.Tensor:
+        """``A [Z, Z]``: the fixed trend and seasonal blocks, and the damped rotation of the cycle."""
+        if not self.cycle:
+            return self.A
+        lam = 2 * torch.pi / self.cycle_period
+        cos, sin = torch.cos(lam), torch.sin(lam)
+        block = self.cycle_damping * torch.stack([torch.stack([cos, sin]), torch.stack([-sin, cos])])
+        A = self.A.to(block.dtype).clone()
+        A[-2:, -2:] = block
+        return A
 
     # ------------------------------------------------------------------ features
     def _season_onehot(self, t: torch.Tensor) -> torch.Tensor:
@@ -100,8 +138,11 @@ class DeepStateModel(ExactLikelihoodFitMixin, StateSpaceModel):
         a = torch.zeros(*h.shape[:-1], n_trend, dtype=h.dtype, device=h.device)
         a[..., 0] = 1.0
         if self.season_length:
-            q = torch.cat([q, noise[..., n_trend:] * season], -1)
+            q = torch.cat([q, noise[..., n_trend : n_trend + 1] * season], -1)
             a = torch.cat([a, season], -1)
+        if self.cycle:
+            q = torch.cat([q, noise[..., -1:].expand(*h.shape[:-1], 2)], -1)
+            a = torch.cat([a, torch.ones_like(a[..., :1]), torch.zeros_like(a[..., :1])], -1)
         return {"q": q + self.min_variance, "a": a, "obs_scale": obs_scale, "obs_offset": obs_offset}
 
     def features(self, batch: SequenceBatch):
@@ -160,7 +201,7 @@ class DeepStateModel(ExactLikelihoodFitMixin, StateSpaceModel):
 
     def prior(self, s, c):
         first = s["first"][..., None]
-        loc = torch.where(first, self.m0, s["z"] @ self.A.T)
+        loc = torch.where(first, self.m0, s["z"] @ self.transition_matrix().T)
         var = torch.where(first, self.log_p0.exp(), c["q"])
         return dist.Normal(loc, var.sqrt()).to_event(1)
 
@@ -178,7 +219,7 @@ class DeepStateModel(ExactLikelihoodFitMixin, StateSpaceModel):
         Q = torch.diag_embed(c["q"])  # [B, T, Z, Z]
         C = c["a"][..., None, :]  # [B, T, 1, Z]
         r = c["obs_scale"] ** 2  # [B, T, 1]
-        return kalman_filter(batch.x, batch.observed, batch.valid, self.A, Q, C, r, self.m0,
+        return kalman_filter(batch.x, batch.observed, batch.valid, self.transition_matrix(), Q, C, r, self.m0,
                              torch.diag(self.log_p0.exp()), d=c["obs_offset"])
 
     def log_likelihood(self, batch: SequenceBatch) -> torch.Tensor:

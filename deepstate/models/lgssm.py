@@ -96,7 +96,10 @@ class ExactLikelihoodFitMixin:
         frames = batch.num_frames
         params = list(self.parameters())
         if optimizer == "lbfgs":
-            opt = torch.optim.LBFGS(params, lr=lr or 1.0, max_iter=1, line_search_fn="strong_wolfe")
+            # one iteration per step (for the history and the stopping rule), but a full line search:
+            # torch's default max_eval (max_iter * 5 // 4 = 1) leaves the strong-Wolfe search no
+            # evaluation beyond the unit step, so one rejected unit step (t = 0) stalled the fit for good
+            opt = torch.optim.LBFGS(params, lr=lr or 1.0, max_iter=1, max_eval=25, line_search_fn="strong_wolfe")
         else:
             opt = torch.optim.Adam(params, lr=lr or 0.05)
 
