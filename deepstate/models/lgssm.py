@@ -19,6 +19,8 @@ it like on any deep model, and with an exact Kalman log-likelihood
 
 from __future__ import annotations
 
+import math
+
 from typing import Optional
 
 import pyro.distributions as dist
@@ -116,8 +118,17 @@ class ExactLikelihoodFitMixin:
 
             steps = tqdm(steps, desc="lgssm mle")
         small = 0
+        # the latest parameters whose objective is known to be finite: a full line search can step to
+        # where it is not (a degenerate series, e.g. a constant one, lets a variance collapse), and then
+        # the fit goes back there and stops instead of returning NaN parameters
+        good = [p.detach().clone() for p in params]
         for _ in steps:
-            loss = opt.step(closure)
+            before = [p.detach().clone() for p in params]
+            loss = opt.step(closure)  # the objective at `before`
+            if not torch.isfinite(loss):
+                _assign(params, good)
+                break
+            good = before
             history.append(-float(loss.detach()))
             if optimizer == "lbfgs" and tol > 0 and len(history) > 1:
                 change = abs(history[-1] - history[-2]) / max(1.0, abs(history[-1]))
@@ -125,8 +136,18 @@ class ExactLikelihoodFitMixin:
                 if small >= 2:
                     break
         with torch.no_grad():
-            history.append(float(self.log_likelihood(batch).sum() / frames))
+            final = float(self.log_likelihood(batch).sum() / frames)
+            if not math.isfinite(final):
+                _assign(params, good)
+                final = float(self.log_likelihood(batch).sum() / frames)
+        history.append(final)
         return history
+
+
+def _assign(params, values) -> None:
+    with torch.no_grad():
+        for p, v in zip(params, values):
+            p.copy_(v)
 
 
 class LinearGaussianSSM(ExactLikelihoodFitMixin, StateSpaceModel):
