@@ -179,17 +179,17 @@ class _ElmanRNN(torch.autograd.Function):
         widths = ctx.widths
         dact = (h > 0).to(h.dtype) if ctx.relu else 1 - h * h  # both read off the output
         d_pre = h.new_zeros(T, B, H)
-        dh = h.new_zeros(B, H)  # gradient w.r.t. h_t arriving from step t + 1 (zero past a sequence's end)
+        # dh[t]: gradient w.r.t. h_{t-1} from step t; rows of sequences not running at t stay zero
+        dh = h.new_zeros(T + 1, B, H)
         for t in range(T - 1, -1, -1):
             m = widths[t]
-            torch.mul(g_h[t, :m] + dh[:m], dact[t, :m], out=d_pre[t, :m])
-            dh = h.new_zeros(B, H)
-            torch.mm(d_pre[t, :m], w_hh, out=dh[:m])
+            torch.mul(g_h[t, :m] + dh[t + 1, :m], dact[t, :m], out=d_pre[t, :m])
+            torch.mm(d_pre[t, :m], w_hh, out=dh[t, :m])
         # weight gradients as single products over all T * B rows (padded rows have d_pre = 0)
         h_prev = torch.cat([h0.unsqueeze(0), h[:-1]]).reshape(T * B, H)
         d2 = d_pre.reshape(T * B, H)
         g_x = (d2 @ w_ih).view_as(x) if ctx.needs_input_grad[0] else None
-        return g_x, d2.t() @ x.reshape(T * B, -1), d2.t() @ h_prev, d2.sum(0), dh, None, None
+        return g_x, d2.t() @ x.reshape(T * B, -1), d2.t() @ h_prev, d2.sum(0), dh[0], None, None
 
 
 def elman_rnn(x: torch.Tensor, lengths: torch.Tensor, w_ih: torch.Tensor, w_hh: torch.Tensor, bias: torch.Tensor,

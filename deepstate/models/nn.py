@@ -188,18 +188,18 @@ def run_rnn(rnn: nn.Module, x: torch.Tensor, lengths: torch.Tensor, direction: s
         h = rnn.hidden_size
         out = elman_rnn(x, lengths, rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0 + rnn.bias_hh_l0,
                         x.new_zeros(x.shape[0], h) if h0 is None else h0.expand(x.shape[0], h), rnn.nonlinearity)
-        return reverse_within_length(out, lengths) if direction == "backward" else out
-    hx = None
-    if h0 is not None:
-        hx = h0.expand(1, x.shape[0], h0.shape[-1]).contiguous()
-        if isinstance(rnn, nn.LSTM):
-            hx = (hx, torch.zeros_like(hx))
-    if bool((lengths == x.shape[1]).all()):
-        out = rnn(x, hx)[0]
     else:
-        # packing skips the padded steps (as Pyro's DMM does): less work when lengths vary
-        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
-        out = pad_packed_sequence(rnn(packed, hx)[0], batch_first=True, total_length=x.shape[1])[0]
+        hx = None
+        if h0 is not None:
+            hx = h0.expand(1, x.shape[0], h0.shape[-1]).contiguous()
+            if isinstance(rnn, nn.LSTM):
+                hx = (hx, torch.zeros_like(hx))
+        if bool((lengths == x.shape[1]).all()):
+            out = rnn(x, hx)[0]
+        else:
+            # packing skips the padded steps (as Pyro's DMM does): less work when lengths vary
+            packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+            out = pad_packed_sequence(rnn(packed, hx)[0], batch_first=True, total_length=x.shape[1])[0]
     return reverse_within_length(out, lengths) if direction == "backward" else out
 
 
