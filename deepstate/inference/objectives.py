@@ -62,7 +62,8 @@ class ParticleObjective:
         return -result.log_z.sum() / norm, result
 
     def __repr__(self):
-        return f"{type(self).__name__}(num_particles={self.num_particles})"
+        extra = ", analytic_kl=True" if getattr(self, "analytic_kl", False) else ""
+        return f"{type(self).__name__}(num_particles={self.num_particles}{extra})"
 
 
 class ParticleELBO(ParticleObjective):
@@ -78,11 +79,23 @@ class ParticleELBO(ParticleObjective):
     ``result.log_z`` stays the unannealed bound. Well defined here because no importance weight is
     ever normalised: each particle is its own single-sample ELBO. (IWAE/FIVO with ``N > 1`` would
     rescale the weights they normalise, so they do not take ``kl_scale``.)
+
+    **Closed-form KL** (``analytic_kl=True``): each step's ``log p(z_t | .) - log q(z_t | .)`` is replaced
+    by ``-KL(q_t || p_t)`` given the sampled past, as in Krishnan et al.'s code and Pyro's
+    ``TraceMeanField_ELBO``: the same ELBO with a lower-variance estimate and gradient (diagonal-Normal
+    proposals and priors, which every deep model here has).
     """
 
     name = "elbo"
 
+    def __init__(self, num_particles: int = 1, analytic_kl: bool = False, **kwargs):
+        super().__init__(num_particles, **kwargs)
+        if not isinstance(analytic_kl, bool):
+            raise TypeError(f"analytic_kl: expected a bool, got {type(analytic_kl).__name__}")
+        self.analytic_kl = analytic_kl
+
     def bound(self, lsm, batch, **kwargs):
+        kwargs.setdefault("analytic_kl", self.analytic_kl)
         result = particle_filter(lsm, batch, self.num_particles, resample="never", **kwargs)
         # With no resampling, log_weights holds each particle's whole-sequence log-weight
         # (since the start of the sequence when continuing from a previous chunk's state).

@@ -48,6 +48,7 @@ from torch.nn.utils import parametrize
 
 from ..data import SequenceBatch
 from ..models.base import Guide, LatentSequenceModel, unbind_time
+from ..models.fused import noise_log_prob
 from .resampling import RESAMPLERS, effective_sample_size
 
 __all__ = ["ParticleFilterResult", "particle_filter", "gather_particles", "logmeanexp", "reparameterized_sample"]
@@ -126,6 +127,7 @@ def particle_filter(
     initial_state: Optional[dict] = None,
     validate: bool = False,
     split_latent: bool = False,
+    analytic_kl: bool = False,
 ) -> ParticleFilterResult:
     """Run a particle filter with the guide as proposal; return the log-likelihood estimate.
 
@@ -148,6 +150,12 @@ def particle_filter(
             checks cost about as much as the model; the Pyro path validates).
         split_latent: also return ``latent_log_weights`` (the ``log p(z) - log q(z)`` part of the
             log-weights); only without resampling, where the log-weights are whole-path sums.
+        analytic_kl: replace each step's sampled ``log p(z_t | .) - log q(z_t | .)`` by its expectation
+            under the proposal, ``-KL(q_t || p_t)`` in closed form (given the sampled past): the
+            single-sample ELBO of Krishnan et al. (2017) and Pyro's ``TraceMeanField_ELBO``, an
+            estimator of the same ELBO with less variance. The per-particle "log-weights" are then ELBO
+            terms, not importance weights, so this needs ``resample="never"``, and ``log_z`` is their
+            mean over particles (the ELBO estimate). Needs diagonal-Normal proposals and priors.
 
     Returns:
         :class:`ParticleFilterResult`; ``log_z`` is differentiable in the model and guide parameters.
@@ -163,13 +171,16 @@ def particle_filter(
     if split_latent and resample != "never":
         raise ValueError(f"split_latent: the latent part of the log-weights is only defined without resampling, "
                          f"got resample={resample!r}")
+    if analytic_kl and resample != "never":
+        raise ValueError(f"analytic_kl: a closed-form KL term is no importance weight, so it needs resample='never' "
+                         f"(the ELBO), got resample={resample!r}")
     guide = lsm.guide_steps
     fused = sampler is None and not guide.uses_prior and type(guide).rollout is not Guide.rollout
     # parametrised weights (orthogonal RNNs) are computed once per pass, not once per step
     with pyro.validation_enabled(validate), parametrize.cached():
         if not fused:
             return _filter(lsm, batch, num_particles, resample, RESAMPLERS[scheme], ess_threshold, sampler, uniforms,
-                           record, initial_state, split_latent=split_latent)
+                           record, initial_state, split_latent=split_latent, analytic_kl=analytic_kl)
         # the guide draws whole trajectories; with the batch sorted by decreasing length, the sequences
         # still running at step t are a prefix, and steps skip the ones that have ended. Steps where no
         # sequence runs (a padded tail, from pad_to or concat_batches) would have width 0, which the
@@ -186,7 +197,7 @@ def particle_filter(
         prefix = torch.arange(batch.batch_size, device=running.device)[:, None] < running
         widths = running.tolist() if bool((prefix == batch.valid).all()) else None
         result = _filter(lsm, batch, num_particles, resample, RESAMPLERS[scheme], ess_threshold, None, uniforms, record,
-                         initial_state, fused=True, widths=widths, split_latent=split_latent)
+                         initial_state, fused=True, widths=widths, split_latent=split_latent, analytic_kl=analytic_kl)
         return _caller_layout(result, order if permuted else None, T_in, num_particles)
 
 
@@ -224,7 +235,7 @@ def _caller_layout(result: ParticleFilterResult, order: Optional[torch.Tensor], 
 
 
 def _filter(lsm, batch, N, resample, resampler, ess_threshold, sampler, uniforms, record, initial_state, fused=False,
-            widths=None, split_latent=False):
+            widths=None, split_latent=False, analytic_kl=False):
     """One sequential pass for the trajectory and the resampling decisions; the weights in parallel.
 
     The model's prior and emission never feed back into the particles' trajectory: they only weigh
@@ -255,13 +266,15 @@ def _filter(lsm, batch, N, resample, resampler, ess_threshold, sampler, uniforms
     decisions = _ResamplingDecisions(ssm, batch, cs, lw0, resample, resampler, ess_threshold, uniforms)
     weigh = resample != "never"
     if fused:
-        Z, log_q, log_p, carries, s, g = _fused_trajectory(lsm, batch, cs, e, s, g, decisions, weigh, widths)
+        Z, q, p, carries, s, g = _fused_trajectory(lsm, batch, cs, e, s, g, decisions, weigh, widths)
     else:
-        Z, log_q, log_p, carries, s, g = _stepwise_trajectory(lsm, batch, cs, e, s, g, decisions, weigh,
-                                                              sampler or _default_sampler)
-    inc, latent = _parallel_increments(ssm, batch, c, carries, Z, log_q, log_p, shape)
+        Z, q, p, carries, s, g = _stepwise_trajectory(lsm, batch, cs, e, s, g, decisions, weigh,
+                                                      sampler or _default_sampler)
+    inc, latent = _parallel_increments(ssm, batch, c, carries, Z, q, p, shape, analytic_kl)
     log_z, lw = _log_z(inc, decisions.resets, lw0)
-    if initial_state is not None:  # the previous chunk already counted logmeanexp of its final weights
+    if analytic_kl:  # ELBO terms, not weights: their mean is the estimate (resample="never": lw is the total)
+        log_z = (lw - lw0).mean(0)
+    elif initial_state is not None:  # the previous chunk already counted logmeanexp of its final weights
         log_z = log_z - logmeanexp(lw0, 0)
     return ParticleFilterResult(
         log_z=log_z,
@@ -300,7 +313,7 @@ def _fused_trajectory(lsm, batch, cs, e, s, g, decisions, weigh, widths):
 
     The weights for the resampling decisions follow the draws step by step without gradient (``on_step``),
     for the sequences still running only. The model's carries with gradient are then replayed from the
-    draws and the recorded ancestors. Returns ``(Z, log_q, log_p, carries, s, g)`` like the step loop.
+    draws and the recorded ancestors. Returns ``(Z, q, None, carries, s, g)`` like the step loop.
     """
     ssm, guide = lsm.ssm, lsm.guide_steps
     B, T = batch.valid.shape
@@ -321,28 +334,29 @@ def _fused_trajectory(lsm, batch, cs, e, s, g, decisions, weigh, widths):
         return anc
 
     eps = torch.randn(T, N, B, ssm.z_dim, dtype=batch.x.dtype, device=batch.x.device)
-    Z, log_q, g = guide.rollout(g, e, eps, on_step if weigh else None, widths)
+    Z, scale, g = guide.rollout(g, e, eps, on_step if weigh else None, widths)
+    q = _Densities(noise_log_prob(eps, scale), Z - scale * eps, scale)
     carries = []
     for t, z in enumerate(Z.unbind(0)):
         carries.append(s)
         s = ssm.update(s, z, batch.x[:, t], cs[t], batch.observed[:, t])
         if decisions.ancestors[t] is not None:
             s = gather_particles(s, decisions.ancestors[t])
-    return Z, log_q, [], carries, s, g
+    return Z, q, None, carries, s, g
 
 
 def _stepwise_trajectory(lsm, batch, cs, e, s, g, decisions, weigh, sampler):
     """Proposal, draw, weights without gradient, resampling and carry updates, one step at a time.
 
-    Returns ``(Z [T, N, B, Z], log_q [T, N, B], log_p, carries, s, g)``: ``carries[t]`` is the model's
-    carry step ``t`` saw (after any resampling), ``log_p`` the prior's log-densities when the guide
-    reads the prior (``uses_prior``), else empty.
+    Returns ``(Z [T, N, B, Z], q, p, carries, s, g)``: the proposals' :class:`_Densities`, the prior's
+    when the guide reads it (``uses_prior``; else None), and ``carries[t]``, the model's carry step ``t``
+    saw (after any resampling).
     """
     ssm, guide = lsm.ssm, lsm.guide_steps
     T = batch.valid.shape[1]
     shape = decisions.lw.shape
     es = unbind_time(e, T)
-    carries, zs, qs, log_p = [], [], [], []
+    carries, zs, qs, ps = [], [], [], []
     for t in range(T):
         c_t = cs[t]
         p = ssm.prior(s, c_t) if guide.uses_prior else None
@@ -352,7 +366,7 @@ def _stepwise_trajectory(lsm, batch, cs, e, s, g, decisions, weigh, sampler):
         zs.append(z)
         carries.append(s)
         if p is not None:
-            log_p.append(p.log_prob(z))
+            ps.append(p)
         anc = decisions.step(t, s, z, q.log_prob(z).detach(), p) if weigh else None
         s = ssm.update(s, z, batch.x[:, t], c_t, batch.observed[:, t])
         g = guide.update(g, z, es[t])
@@ -360,7 +374,7 @@ def _stepwise_trajectory(lsm, batch, cs, e, s, g, decisions, weigh, sampler):
             s = gather_particles(s, anc)
             g = gather_particles(g, anc)
     Z = torch.stack(zs)
-    return Z, _stacked_log_prob(qs, Z), log_p, carries, s, g
+    return Z, _stacked_densities(qs, Z), _stacked_densities(ps, Z) if ps else None, carries, s, g
 
 
 def _log_z(inc: torch.Tensor, resets: torch.Tensor, lw0: torch.Tensor):
@@ -437,9 +451,11 @@ def _first(carry: dict, width: int) -> dict:
     return {k: v if v.shape[1] == width else v[:, :width] for k, v in carry.items()}
 
 
-def _parallel_increments(ssm, batch, c, carries, Z, log_q, log_p, shape):
+def _parallel_increments(ssm, batch, c, carries, Z, q, p, shape, analytic_kl=False):
     """``[T, N, B]`` log-weight increments ``log p(z_t | s_t) + log l(x_t | s_t, z_t) - log q(z_t)``, masked,
-    and their latent part ``log p(z_t | s_t) - log q(z_t)`` (``[T, N, B]``).
+    and their latent part ``log p(z_t | s_t) - log q(z_t)`` (``[T, N, B]``; ``-KL(q_t || p_t)`` with
+    ``analytic_kl``). ``q`` and ``p`` are :class:`_Densities` (``p`` only for guides that read the prior,
+    whose prior densities were kept in the loop; otherwise the prior is evaluated here, in parallel).
 
     The model is evaluated on the valid ``(t, b)`` rows only (padding can be half of a batch of
     sequences of mixed lengths), with leading dims ``[V, N]``.
@@ -461,30 +477,60 @@ def _parallel_increments(ssm, batch, c, carries, Z, log_q, log_p, shape):
         return Z.new_zeros(T * B, N).index_copy(0, rows, v).view(T, B, N).transpose(1, 2)
 
     lik = scatter((ssm.likelihood(S, Zv, C).log_prob(X) * O).sum(-1))
-    own = torch.stack(log_p) - log_q if log_p else -log_q  # the proposal's (and a Resq prior's) log-densities
+    if analytic_kl:
+        prior = (select(p.loc), select(p.scale)) if p is not None else _diag_normal(ssm.prior(S, C))
+        if q.loc is None or prior is None or prior[0] is None:
+            raise ValueError("analytic_kl: the closed-form KL needs diagonal-Normal proposals and priors")
+        latent = scatter(-_diag_normal_kl(select(q.loc), select(q.scale), *prior))
+        return lik + latent, latent
+    own = p.log_prob - q.log_prob if p is not None else -q.log_prob  # the proposal's (and a Resq prior's)
     latent = own * valid.unsqueeze(1).to(own.dtype)
-    if not log_p:
+    if p is None:
         latent = latent + scatter(ssm.prior(S, C).log_prob(Zv))
     return lik + latent, latent
 
 
-def _stacked_log_prob(qs, Z: torch.Tensor) -> torch.Tensor:
-    """``[T, N, B]`` log-densities of ``Z [T, N, B, Z]`` under the per-step proposals ``qs``.
+@dataclasses.dataclass
+class _Densities:
+    """A trajectory's per-step distributions: ``log_prob [T, N, B]`` at the draws, and ``loc``, ``scale``
+    ``[T, N, B, Z]`` when every step's distribution is a diagonal Normal (else None)."""
 
-    Diagonal-Normal proposals (every deep guide) are stacked and evaluated in one call; any other
-    family is evaluated step by step.
+    log_prob: torch.Tensor
+    loc: Optional[torch.Tensor] = None
+    scale: Optional[torch.Tensor] = None
+
+
+def _diag_normal(d):
+    """``(loc, scale)`` of a diagonal Normal (``Independent(Normal, 1)``), else None."""
+    import torch.distributions as td
+
+    if isinstance(d, td.Independent) and isinstance(d.base_dist, td.Normal) and d.reinterpreted_batch_ndims == 1:
+        return d.base_dist.loc, d.base_dist.scale
+    return None
+
+
+def _diag_normal_kl(loc_q, scale_q, loc_p, scale_p) -> torch.Tensor:
+    r"""``KL(N(loc_q, diag scale_q^2) || N(loc_p, diag scale_p^2))`` summed over the last dim:
+    :math:`\sum_i \log(\sigma_{p,i}/\sigma_{q,i}) + (\sigma_{q,i}^2 + (\mu_{q,i} - \mu_{p,i})^2) / (2\sigma_{p,i}^2) - 1/2`."""
+    var_ratio = (scale_q / scale_p).pow(2)
+    return 0.5 * (var_ratio + ((loc_q - loc_p) / scale_p).pow(2) - 1.0 - var_ratio.log()).sum(-1)
+
+
+def _stacked_densities(dists, Z: torch.Tensor) -> _Densities:
+    """The per-step distributions ``dists`` at the draws ``Z [T, N, B, Z]``.
+
+    Diagonal Normals (every deep guide) are stacked and evaluated in one call; any other family is
+    evaluated step by step.
     """
     import torch.distributions as td
 
-    def diag_normal(q):
-        return isinstance(q, td.Independent) and type(q.base_dist) is td.Normal and q.reinterpreted_batch_ndims == 1
-
-    shape = Z.shape[1:]
-    if all(diag_normal(q) for q in qs):
-        loc = torch.stack([q.base_dist.loc.expand(shape) for q in qs])
-        scale = torch.stack([q.base_dist.scale.expand(shape) for q in qs])
-        return td.Normal(loc, scale, validate_args=False).log_prob(Z).sum(-1)
-    return torch.stack([q.log_prob(z) for q, z in zip(qs, Z.unbind(0))])
+    params = [_diag_normal(d) for d in dists]
+    if all(pr is not None for pr in params):
+        shape = Z.shape[1:]
+        loc = torch.stack([pr[0].expand(shape) for pr in params])
+        scale = torch.stack([pr[1].expand(shape) for pr in params])
+        return _Densities(td.Normal(loc, scale, validate_args=False).log_prob(Z).sum(-1), loc, scale)
+    return _Densities(torch.stack([d.log_prob(z) for d, z in zip(dists, Z.unbind(0))]))
 
 
 def reparameterized_sample(q, eps: torch.Tensor) -> torch.Tensor:

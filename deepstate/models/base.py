@@ -191,8 +191,10 @@ class Guide(nn.Module):
                 (their ``z`` and ``log_q`` are masked by the caller).
 
         Returns:
-            ``(z [T, N, B, Z], log_q [T, N, B], g_T)`` with ``z_t = loc_t + scale_t eps_t`` exactly as
-            step-by-step :meth:`proposal` / :meth:`update` would give. The particle path uses this for
+            ``(z [T, N, B, Z], scale [T, N, B, Z], g_T)``: the draws ``z_t = loc_t + scale_t eps_t`` of the
+            diagonal-Normal proposals exactly as step-by-step :meth:`proposal` / :meth:`update` would
+            give, and their scales (the caller has ``eps``, so ``loc_t = z_t - scale_t eps_t`` and
+            ``log q_t(z_t)`` follow without a subtraction of nearly equal numbers). The particle path uses this for
             guides that override it (and have ``uses_prior = False``); the base implementation is never
             called there, and guides that keep it are run step by step.
         """

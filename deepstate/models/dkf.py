@@ -181,14 +181,14 @@ class StructuredInferenceGuide(Guide):
             loc, raw = self.head(h / K).unsqueeze(1).chunk(2, -1)
             scale = positive(raw, self.min_scale)
             z = loc + scale * eps
-            log_q = noise_log_prob(eps, scale)
             if on_step is not None:  # no carry to reorder: resampling only concerns the model's carries
+                log_q = noise_log_prob(eps, scale)
                 with torch.no_grad():
                     for t in range(z.shape[0]):
                         on_step(t, z[t], log_q[t])
-            return z, log_q, g
+            return z, scale, g
         w_o = self.head.weight / (K + 1)
         c = F.linear(h, w_o, self.head.bias)
         z, scale = combiner_rollout(c, eps, g["z"].expand(eps.shape[1:]), self.z_to_hidden.weight, self.z_to_hidden.bias,
                                     w_o, self.min_scale, on_step, widths)
-        return z, noise_log_prob(eps, scale), {"z": z[-1]}
+        return z, scale, {"z": z[-1]}
