@@ -93,6 +93,8 @@ def main(argv=None):
     p.add_argument("--num-particles", type=int, default=8, help="training particles")
     p.add_argument("--lgssm-z", type=int, default=None, help="LGSSM state dimension (default 2 per series)")
     p.add_argument("--lgssm-starts", type=int, default=1)
+    p.add_argument("--lgssm-holdout", type=int, default=0,
+                   help="early-stop the LGSSM fits on the conditional log-likelihood of the last K training steps")
     p.add_argument("--likelihood", default="gaussian", help="DKF emission: gaussian or studentt")
     p.add_argument("--valid-steps", type=int, default=0,
                    help="hold out the last steps of the training part for early stopping of the DKF (0: none)")
@@ -114,7 +116,8 @@ def main(argv=None):
     results, timings = [], {}
 
     t0 = time.perf_counter()
-    lgssm = fit_lgssm(train, args.lgssm_z or 2 * frame.shape[1], args.lgssm_starts, args.seed)
+    lgssm = fit_lgssm(train, args.lgssm_z or 2 * frame.shape[1], args.lgssm_starts, args.seed,
+                      holdout=args.lgssm_holdout)
     timings["lgssm fit"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     members = [fit_deep(args, train, args.seed + k) for k in range(args.ensemble)]

@@ -254,6 +254,7 @@ class Estimator:
         window: Optional[int] = None,
         stride: Optional[int] = None,
         resume: bool = True,
+        holdout: int = 0,
         **trainer_kwargs,
     ) -> "Estimator":
         """Build the model for ``data``'s dimension and train it. Returns ``self``.
@@ -274,6 +275,12 @@ class Estimator:
                 ``stride`` steps (default ``stride = window``) -- useful for one long series, which
                 otherwise gives one optimiser step per epoch.
             resume: continue from ``checkpoint_dir`` if it holds a checkpoint.
+            holdout: ``objective="exact"`` only: hold out the last ``holdout`` steps of every training
+                sequence and keep the L-BFGS iterate with the best **conditional** log-likelihood of
+                them given the rest (early stopping for a forecaster; see
+                :meth:`~deepstate.models.lgssm.ExactLikelihoodFitMixin.fit`). For the exact models,
+                ``valid_data`` is scored as fresh sequences in the same way, and
+                ``early_stopping_patience`` counts L-BFGS iterations.
             **trainer_kwargs: other :class:`~deepstate.inference.trainer.Trainer` arguments
                 (``clip_norm``, ``lr_decay``, ``annealing``, ``early_stopping_patience``, ``tbptt``,
                 ``metrics_path``, ``checkpoint_every``, ``max_bad_steps``, ...).
@@ -308,10 +315,21 @@ class Estimator:
         lsm = self._build(train.dim)
         if self.objective == "exact":
             # the Kalman filter mixes the batch with the parameters, so the batch takes the model's dtype
-            bounds = lsm.ssm.fit(train.to(device=self.device, dtype=self.dtype), num_steps=epochs, progress=progress)
+            def exact(b):
+                return None if b is None else b.to(device=self.device, dtype=self.dtype)
+
+            ssm = lsm.ssm
+            bounds = ssm.fit(exact(train), num_steps=epochs, progress=progress, holdout=holdout, valid=exact(valid),
+                             patience=trainer_kwargs.get("early_stopping_patience"))
             self.model_, self.standardizer_, self.input_dim_ = lsm, standardizer, train.dim
             self.history_ = [{"epoch": i, "train_bound": b} for i, b in enumerate(bounds)]
+            if holdout or valid is not None:
+                for h, v in zip(self.history_, ssm.valid_history_):
+                    h["valid_bound"] = v
             return self
+        if holdout:
+            raise ValueError(f"holdout: only for objective='exact' (maximum likelihood); objective={self.objective!r} "
+                             f"takes valid_data (e.g. the last steps of the series as their own sequence)")
         trainer = Trainer(lsm, objective=self.objective, num_particles=self.num_particles, lr=lr, batch_size=batch_size,
                           checkpoint_dir=checkpoint_dir, progress=progress, device=self.device, seed=self.seed,
                           **trainer_kwargs)

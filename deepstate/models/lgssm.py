@@ -72,8 +72,9 @@ class ExactLikelihoodFitMixin:
     """Maximum-likelihood fitting for models with an exact ``log_likelihood(batch) -> [B]``."""
 
     def fit(self, batch: SequenceBatch, num_steps: int = 100, lr: Optional[float] = None, optimizer: str = "lbfgs",
-            progress: bool = False, tol: float = 1e-9) -> list:
-        """Maximum likelihood on the exact (Kalman) log-likelihood.
+            progress: bool = False, tol: float = 1e-9, holdout: int = 0, valid: Optional[SequenceBatch] = None,
+            patience: Optional[int] = None) -> list:
+        """Maximum likelihood on the exact (Kalman) log-likelihood, optionally early-stopped on held-out data.
 
         Args:
             batch: training sequences.
@@ -86,15 +87,57 @@ class ExactLikelihoodFitMixin:
                 nats per frame (relative to ``max(1, |value|)``) twice in a row, or the line search
                 makes no progress: at that point it has converged, and further iterations would only
                 re-evaluate the same point (0: always run ``num_steps``; Adam always does).
+            holdout: hold out the last ``holdout`` steps of every sequence: the fit sees them as
+                missing values, and each iteration's parameters are scored by the **conditional
+                predictive log-likelihood** of the held-out steps given the rest,
+                ``log p(x_{T-k+1:T} | x_{1:T-k}) = log p(x_{1:T}) - log p(x_{1:T-k})`` (the Kalman filter
+                simply continues through them) -- the honest score of a forecaster. The parameters
+                with the best score are returned: early stopping for a maximum-likelihood fit that
+                would otherwise overfit one short series.
+            valid: validation sequences scored as fresh sequences, ``log p(valid)`` (instead of, or
+                besides -- then summed -- ``holdout``); the best-scoring parameters are returned.
+            patience: stop after this many iterations without a better held-out score (``None``:
+                run until ``num_steps`` or convergence, then return the best).
 
         Returns:
-            The training log-likelihood in nats per frame after each iteration (shorter than
-            ``num_steps + 1`` when L-BFGS stopped early).
+            The training log-likelihood in nats per frame at the parameters before each iteration,
+            then at the returned ones (shorter than ``num_steps + 1`` when it stopped early). With
+            ``holdout`` or ``valid``, ``self.valid_history_`` holds the held-out score (nats per
+            held-out frame) at the same parameters, and ``self.best_iteration_`` the index chosen.
         """
         if optimizer not in ("lbfgs", "adam"):
             raise ValueError(f"optimizer: expected 'lbfgs' or 'adam', got {optimizer!r}")
         if not tol >= 0:
             raise ValueError(f"tol: expected a non-negative number, got {tol!r}")
+        if isinstance(holdout, bool) or not isinstance(holdout, int) or holdout < 0:
+            raise ValueError(f"holdout: expected a non-negative int (steps), got {holdout!r}")
+        if patience is not None and (isinstance(patience, bool) or not isinstance(patience, int) or patience < 1):
+            raise ValueError(f"patience: expected a positive int or None, got {patience!r}")
+        if valid is not None and not isinstance(valid, SequenceBatch):
+            raise TypeError(f"valid: expected a SequenceBatch or None, got {type(valid).__name__}")
+        full = batch
+        if holdout:
+            shortest = int(batch.lengths.min())
+            if holdout >= shortest:
+                raise ValueError(f"holdout: {holdout} steps leave nothing to fit in the shortest training sequence "
+                                 f"({shortest} steps)")
+            batch = held_out_end(batch, holdout)
+            if not bool(batch.observed.any()):
+                raise ValueError(f"holdout: no observed value is left to fit before the last {holdout} steps")
+        scored = holdout > 0 or valid is not None
+
+        def held_out_score() -> float:
+            """nats per held-out frame: conditional on the rest for ``holdout``, fresh for ``valid``."""
+            with torch.no_grad():
+                total, frames = 0.0, 0
+                if holdout:
+                    total += float((self.log_likelihood(full) - self.log_likelihood(batch)).sum())
+                    frames += holdout * full.batch_size
+                if valid is not None:
+                    total += float(self.log_likelihood(valid).sum())
+                    frames += valid.num_frames
+                return total / frames
+
         frames = batch.num_frames
         params = list(self.parameters())
         if optimizer == "lbfgs":
@@ -111,7 +154,8 @@ class ExactLikelihoodFitMixin:
             loss.backward()
             return loss
 
-        history = []
+        history, valid_history = [], []
+        best, best_score, best_at = None, -math.inf, 0
         steps = range(num_steps)
         if progress:
             from tqdm.auto import tqdm
@@ -124,9 +168,18 @@ class ExactLikelihoodFitMixin:
         good = [p.detach().clone() for p in params]
         for _ in steps:
             before = [p.detach().clone() for p in params]
+            if scored:  # the held-out score at `before`, where the training objective is evaluated too
+                score = held_out_score()
+                if score > best_score:
+                    best, best_score, best_at = before, score, len(history)
+                elif patience is not None and len(history) - best_at >= patience:
+                    break
+                valid_history.append(score)
             loss = opt.step(closure)  # the objective at `before`
             if not torch.isfinite(loss):
                 _assign(params, good)
+                if scored:
+                    valid_history.pop()
                 break
             good = before
             history.append(-float(loss.detach()))
@@ -136,12 +189,30 @@ class ExactLikelihoodFitMixin:
                 if small >= 2:
                     break
         with torch.no_grad():
-            final = float(self.log_likelihood(batch).sum() / frames)
-            if not math.isfinite(final):
+            if not math.isfinite(float(self.log_likelihood(batch).sum())):
                 _assign(params, good)
-                final = float(self.log_likelihood(batch).sum() / frames)
-        history.append(final)
+            if scored:
+                score = held_out_score()
+                if score > best_score or best is None:
+                    best_at = len(history)
+                else:
+                    _assign(params, best)  # back to the best held-out score
+                    score = best_score
+                valid_history.append(score)
+                self.valid_history_, self.best_iteration_ = valid_history, best_at
+            history.append(float(self.log_likelihood(batch).sum() / frames))
         return history
+
+
+def held_out_end(batch: SequenceBatch, steps: int) -> SequenceBatch:
+    """``batch`` with the last ``steps`` valid steps of every sequence marked missing (a forecaster's
+    held-out end: the Kalman filter runs through them without an observation)."""
+    import dataclasses
+
+    t = torch.arange(batch.max_length, device=batch.lengths.device)
+    tail = t[None, :] >= (batch.lengths[:, None] - steps)
+    observed = batch.observed & ~tail.unsqueeze(-1).to(batch.observed.device)
+    return dataclasses.replace(batch, x=batch.x.masked_fill(~observed, 0.0), observed=observed)
 
 
 def _assign(params, values) -> None:
