@@ -306,7 +306,17 @@ class Estimator:
         check_support(self.likelihood, train.x, train.observed, "data")
         if valid is not None:
             check_support(self.likelihood, valid.x, valid.observed, "valid_data")
-        standardizer = Standardizer().fit(train) if self._uses_standardizer else None
+        if holdout and self.objective == "exact":
+            from .models.lgssm import held_out_end
+
+            if isinstance(holdout, bool) or not isinstance(holdout, (int, np.integer)) or not 0 < holdout < int(train.lengths.min()):
+                raise ValueError(f"holdout: expected a number of steps in [1, {int(train.lengths.min()) - 1}] "
+                                 f"(shorter than every training sequence), got {holdout!r}")
+            holdout = int(holdout)
+            scaled_on = held_out_end(train, holdout)  # the held-out end does not even set the scale
+        else:
+            scaled_on = train
+        standardizer = Standardizer().fit(scaled_on) if self._uses_standardizer else None
         if standardizer is not None:
             train = standardizer.transform(train)
             valid = None if valid is None else standardizer.transform(valid)

@@ -129,3 +129,21 @@ def test_estimator_exact_fit_with_holdout_and_bad_input():
         model.fit(batch, num_steps=2, valid=np.zeros((3, 4)))
     with pytest.raises(ValueError, match="holdout"):
         Estimator("dkf", z_dim=2, rnn_dim=4).fit(series, epochs=1, holdout=5, progress=False)
+
+
+def test_estimator_holdout_values_set_neither_the_scale_nor_the_fit():
+    """With ``holdout`` the Estimator's standardiser and every fitted parameter are the same whatever the
+    held-out values are; only the recorded held-out scores differ."""
+    series = data(B=1).x[0, :, 0].numpy()
+    other = series.copy()
+    other[-10:] += 50.0
+    fits = [Estimator("lgssm", objective="exact", z_dim=2, dtype=torch.float64, seed=0).fit(
+        s, epochs=6, holdout=10, progress=False) for s in (series, other)]
+    a, b = fits
+    assert torch.equal(a.standardizer_.mean, b.standardizer_.mean) and torch.equal(a.standardizer_.std, b.standardizer_.std)
+    assert abs(float(a.standardizer_.mean) - float(np.mean(series[:-10]))) < 1e-9
+    for (n, p), (_, q) in zip(a.model_.named_parameters(), b.model_.named_parameters()):
+        if a.model_.ssm.best_iteration_ == b.model_.ssm.best_iteration_:
+            assert torch.equal(p, q), n
+    assert a.history_[0]["train_bound"] == b.history_[0]["train_bound"]
+    assert a.history_[0]["valid_bound"] != b.history_[0]["valid_bound"]
