@@ -278,9 +278,12 @@ class Estimator:
             holdout: ``objective="exact"`` only: hold out the last ``holdout`` steps of every training
                 sequence and keep the L-BFGS iterate with the best **conditional** log-likelihood of
                 them given the rest (early stopping for a forecaster; see
-                :meth:`~deepstate.models.lgssm.ExactLikelihoodFitMixin.fit`). For the exact models,
-                ``valid_data`` is scored as fresh sequences in the same way, and
-                ``early_stopping_patience`` counts L-BFGS iterations.
+                :meth:`~deepstate.models.lgssm.ExactLikelihoodFitMixin.fit`); the standardiser is fitted
+                without them too. Not with ``window`` (the windows would overlap the held-out steps).
+                For the exact models ``valid_data`` early-stops the same way, scored as **fresh**
+                sequences (for a seasonal DeepState model that restarts the season at the first value:
+                use ``holdout`` for the end of a series), and ``early_stopping_patience`` counts
+                L-BFGS iterations without a better score (it needs ``holdout`` or ``valid_data``).
             **trainer_kwargs: other :class:`~deepstate.inference.trainer.Trainer` arguments
                 (``clip_norm``, ``lr_decay``, ``annealing``, ``early_stopping_patience``, ``tbptt``,
                 ``metrics_path``, ``checkpoint_every``, ``max_bad_steps``, ...).
@@ -309,6 +312,9 @@ class Estimator:
         if holdout and self.objective == "exact":
             from .models.lgssm import held_out_end
 
+            if window is not None:
+                raise ValueError("holdout: not with window (overlapping windows would fit the held-out steps); "
+                                 "hold out the end of the whole series, or pass valid_data")
             if isinstance(holdout, bool) or not isinstance(holdout, (int, np.integer)) or not 0 < holdout < int(train.lengths.min()):
                 raise ValueError(f"holdout: expected a number of steps in [1, {int(train.lengths.min()) - 1}] "
                                  f"(shorter than every training sequence), got {holdout!r}")

@@ -88,8 +88,9 @@ class ParticleELBO(ParticleObjective):
 
     name = "elbo"
 
-    def __init__(self, num_particles: int = 1, analytic_kl: bool = False, **kwargs):
-        super().__init__(num_particles, **kwargs)
+    def __init__(self, num_particles: int = 1, scheme: str = "multinomial", ess_threshold: float = 0.5, *,
+                 analytic_kl: bool = False):
+        super().__init__(num_particles, scheme, ess_threshold)
         if not isinstance(analytic_kl, bool):
             raise TypeError(f"analytic_kl: expected a bool, got {type(analytic_kl).__name__}")
         self.analytic_kl = analytic_kl

@@ -141,7 +141,8 @@ def particle_filter(
         sampler: optional ``sampler(t, q, shape) -> z [N, B, Z]`` replacing ``q.rsample()`` (inject noise
             or replay a trajectory).
         uniforms: optional ``[T, N, B]`` uniforms for the resampling draws.
-        record: keep per-step increments and ESS (for diagnostics and tests).
+        record: keep per-step increments and ESS (for diagnostics and tests; with ``analytic_kl`` they
+            are built from ELBO terms, not importance weights).
         initial_state: ``result.state`` of a previous call on the preceding chunk of the same
             sequences: carries and log-weights continue from it (detach them for truncated BPTT).
             ``log_z`` then covers this chunk only, so the chunks' ``log_z`` add up to the whole.
@@ -478,8 +479,11 @@ def _parallel_increments(ssm, batch, c, carries, Z, q, p, shape, analytic_kl=Fal
 
     lik = scatter((ssm.likelihood(S, Zv, C).log_prob(X) * O).sum(-1))
     if analytic_kl:
-        prior = (select(p.loc), select(p.scale)) if p is not None else _diag_normal(ssm.prior(S, C))
-        if q.loc is None or prior is None or prior[0] is None:
+        if p is not None:  # the prior the guide read in the loop
+            prior = None if p.loc is None else (select(p.loc), select(p.scale))
+        else:
+            prior = _diag_normal(ssm.prior(S, C))
+        if q.loc is None or prior is None:
             raise ValueError("analytic_kl: the closed-form KL needs diagonal-Normal proposals and priors")
         latent = scatter(-_diag_normal_kl(select(q.loc), select(q.scale), *prior))
         return lik + latent, latent

@@ -517,6 +517,8 @@ class Trainer:
             out["loss_scale"] = self.loss_scale
         if self.valid_every != 1:
             out["valid_every"] = self.valid_every
+        if self.analytic_kl:
+            out["analytic_kl"] = True
         if self.world_size > 1:  # single-process checkpoints keep their old settings
             out["world_size"] = self.world_size
         return out

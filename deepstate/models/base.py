@@ -188,13 +188,15 @@ class Guide(nn.Module):
                 filter resampled), the guide's carry into step ``t + 1`` is reordered by them.
             widths: optional ``[T]`` counts: the batch is sorted by decreasing length and at step ``t``
                 only the first ``widths[t]`` sequences are running; a guide may skip the others' rows
-                (their ``z`` and ``log_q`` are masked by the caller).
+                (their ``z`` and ``scale`` are masked by the caller).
 
         Returns:
-            ``(z [T, N, B, Z], scale [T, N, B, Z], g_T)``: the draws ``z_t = loc_t + scale_t eps_t`` of the
+            ``(z [T, N, B, Z], scale, g_T)``: the draws ``z_t = loc_t + scale_t eps_t`` of the
             diagonal-Normal proposals exactly as step-by-step :meth:`proposal` / :meth:`update` would
-            give, and their scales (the caller has ``eps``, so ``loc_t = z_t - scale_t eps_t`` and
-            ``log q_t(z_t)`` follow without a subtraction of nearly equal numbers). The particle path uses this for
+            give, and their scales (``[T, N, B, Z]``, or ``[T, 1, B, Z]`` when they do not depend on
+            the particle). The caller has ``eps``, so ``log q_t(z_t)`` follows from the scales alone
+            (no subtraction of nearly equal numbers) and ``loc_t = z_t - scale_t eps_t`` for a
+            closed-form KL. The particle path uses this for
             guides that override it (and have ``uses_prior = False``); the base implementation is never
             called there, and guides that keep it are run step by step.
         """

@@ -100,8 +100,8 @@ class ExactLikelihoodFitMixin:
                 run until ``num_steps`` or convergence, then return the best).
 
         Returns:
-            The training log-likelihood in nats per frame at the parameters before each iteration,
-            then at the returned ones (shorter than ``num_steps + 1`` when it stopped early). With
+            The training log-likelihood in nats per fitted frame (the held-out steps not counted) at
+            the parameters before each iteration, then at the returned ones (shorter than ``num_steps + 1`` when it stopped early). With
             ``holdout`` or ``valid``, ``self.valid_history_`` holds the held-out score (nats per
             held-out frame) at the same parameters, and ``self.best_iteration_`` the index chosen.
         """
@@ -125,6 +125,8 @@ class ExactLikelihoodFitMixin:
             if not bool(batch.observed.any()):
                 raise ValueError(f"holdout: no observed value is left to fit before the last {holdout} steps")
         scored = holdout > 0 or valid is not None
+        if patience is not None and not scored:
+            raise ValueError("patience: early stopping needs a held-out score (holdout= or valid=)")
 
         def held_out_score() -> float:
             """nats per held-out frame: conditional on the rest for ``holdout``, fresh for ``valid``."""
@@ -138,7 +140,8 @@ class ExactLikelihoodFitMixin:
                     frames += valid.num_frames
                 return total / frames
 
-        frames = batch.num_frames
+        frames = batch.num_frames  # the objective's normaliser (L-BFGS's first step depends on its scale)
+        fitted = frames - holdout * batch.batch_size  # the frames the fit sees: the history is per fitted frame
         params = list(self.parameters())
         if optimizer == "lbfgs":
             # one iteration per step (for the history and the stopping rule), but a full line search:
@@ -168,21 +171,19 @@ class ExactLikelihoodFitMixin:
         good = [p.detach().clone() for p in params]
         for _ in steps:
             before = [p.detach().clone() for p in params]
-            if scored:  # the held-out score at `before`, where the training objective is evaluated too
-                score = held_out_score()
-                if score > best_score:
-                    best, best_score, best_at = before, score, len(history)
-                elif patience is not None and len(history) - best_at >= patience:
-                    break
-                valid_history.append(score)
+            score = held_out_score() if scored else None  # at `before`, where the objective is evaluated too
+            if scored and not score > best_score and patience is not None and len(history) - best_at >= patience:
+                break
             loss = opt.step(closure)  # the objective at `before`
             if not torch.isfinite(loss):
                 _assign(params, good)
-                if scored:
-                    valid_history.pop()
                 break
             good = before
-            history.append(-float(loss.detach()))
+            if scored:  # only parameters whose training objective is finite can be the best
+                if score > best_score:
+                    best, best_score, best_at = before, score, len(history)
+                valid_history.append(score)
+            history.append(-float(loss.detach()) * frames / fitted)
             if optimizer == "lbfgs" and tol > 0 and len(history) > 1:
                 change = abs(history[-1] - history[-2]) / max(1.0, abs(history[-1]))
                 small = small + 1 if change < tol else 0
@@ -200,7 +201,7 @@ class ExactLikelihoodFitMixin:
                     score = best_score
                 valid_history.append(score)
                 self.valid_history_, self.best_iteration_ = valid_history, best_at
-            history.append(float(self.log_likelihood(batch).sum() / frames))
+            history.append(float(self.log_likelihood(batch).sum() / fitted))
         return history
 
 
