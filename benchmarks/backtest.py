@@ -26,9 +26,10 @@ from deepstate.report import fit_lgssm  # maximum likelihood from several starts
 
 CONFIGS = {
     # yearly sunspot numbers 1700-2008: an ~11-year quasi-cycle with varying amplitude, skewed, >= 0
-    "sunspots": dict(test_size=60, season=11, log=False, sarimax=(9, 0, 0)),
+    "sunspots": dict(test_size=60, season=11, log=False, sarimax=(9, 0, 0), ylabel="sunspot number (yearly mean)"),
     # Hudson's Bay lynx and hare pelts 1845-1935 (log): a ~10-year predator-prey cycle, two series
-    "lynx_hare": dict(test_size=39, season=10, log=True, sarimax=(2, 0, 0)),  # 30 origins at horizon 10
+    "lynx_hare": dict(test_size=39, season=10, log=True, sarimax=(2, 0, 0),  # 30 origins at horizon 10
+                      ylabel="log pelts"),
 }
 
 
@@ -164,11 +165,11 @@ def main(argv=None):
     fc = deep.forecast(frame.iloc[:origin], args.horizon, num_samples=args.num_samples)
     fc.plot(actual=frame.iloc[origin:origin + args.horizon].to_numpy(), max_history=80,
             title=f"{args.dataset}: {args.model.upper()} forecast from {frame.index[origin - 1]}",
-            path=os.path.join(args.out, f"fan_{args.model}.png"))
+            ylabel=cfg["ylabel"], path=os.path.join(args.out, f"fan_{args.model}.png"))
     fc2 = lgssm.forecast(frame.iloc[:origin], args.horizon)
     fc2.plot(actual=frame.iloc[origin:origin + args.horizon].to_numpy(), max_history=80,
              title=f"{args.dataset}: LGSSM (exact) forecast from {frame.index[origin - 1]}",
-             path=os.path.join(args.out, "fan_lgssm.png"))
+             ylabel=cfg["ylabel"], path=os.path.join(args.out, "fan_lgssm.png"))
     from deepstate.plots import score_table
 
     score_table(summary[cols[1:]], title=f"{args.dataset}: {len(base.origins)} origins, horizon {args.horizon}",
