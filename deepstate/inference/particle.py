@@ -267,7 +267,7 @@ def _filter(lsm, batch, N, resample, resampler, ess_threshold, sampler, uniforms
     decisions = _ResamplingDecisions(ssm, batch, cs, lw0, resample, resampler, ess_threshold, uniforms)
     weigh = resample != "never"
     if fused:
-        Z, q, p, carries, s, g = _fused_trajectory(lsm, batch, cs, e, s, g, decisions, weigh, widths)
+        Z, q, p, carries, s, g = _fused_trajectory(lsm, batch, cs, e, s, g, decisions, weigh, widths, analytic_kl)
     else:
         Z, q, p, carries, s, g = _stepwise_trajectory(lsm, batch, cs, e, s, g, decisions, weigh,
                                                       sampler or _default_sampler)
@@ -309,7 +309,7 @@ def _recorded_ess(inc: torch.Tensor, resets: torch.Tensor, lw0: torch.Tensor, va
     return ess.masked_fill(~valid, float(N))
 
 
-def _fused_trajectory(lsm, batch, cs, e, s, g, decisions, weigh, widths):
+def _fused_trajectory(lsm, batch, cs, e, s, g, decisions, weigh, widths, need_loc=False):
     """The guide draws the whole trajectory in one call (:meth:`~deepstate.models.base.Guide.rollout`).
 
     The weights for the resampling decisions follow the draws step by step without gradient (``on_step``),
@@ -336,7 +336,8 @@ def _fused_trajectory(lsm, batch, cs, e, s, g, decisions, weigh, widths):
 
     eps = torch.randn(T, N, B, ssm.z_dim, dtype=batch.x.dtype, device=batch.x.device)
     Z, scale, g = guide.rollout(g, e, eps, on_step if weigh else None, widths)
-    q = _Densities(noise_log_prob(eps, scale), Z - scale * eps, scale)
+    # the proposals' means only for a closed-form KL: off the hot path of the sampled objectives
+    q = _Densities(noise_log_prob(eps, scale), Z - scale * eps if need_loc else None, scale)
     carries = []
     for t, z in enumerate(Z.unbind(0)):
         carries.append(s)
