@@ -5,6 +5,7 @@ Usage::
     python benchmarks/jsb.py --list                                  # the rows and their sources
     python benchmarks/jsb.py dmm [--minutes 150] [--out runs/jsb]    # train (or continue) and evaluate one row
     python benchmarks/jsb.py dmm --evaluate-only                     # evaluate the row's best checkpoint again
+    python benchmarks/jsb.py dmm --seed 1                            # another seed, in <out>/dmm-seed1
     python benchmarks/jsb.py --report [--plot curve.png] [--row dmm] # the table of finished rows, a learning curve
 
 A row trains until its budget of **wall time spent training** (``--minutes``, default 150, counted by
@@ -125,12 +126,27 @@ def build_row(row: dict, seed: int):
     return build(row["model"], 88, "bernoulli", guide=row["guide"], **row["hyper"])
 
 
+def run_dir(out: Path, name: str, seed: int = 0) -> Path:
+    """Where a run keeps its checkpoint, log and result: ``<out>/<row>`` for seed 0 (the table's run),
+    ``<out>/<row>-seed<seed>`` for the others, so that seeds never overwrite each other."""
+    return Path(out) / (name if seed == 0 else f"{name}-seed{seed}")
+
+
+def parse_run(label: str) -> tuple:
+    """``"dmm_analytic-seed1"`` -> ``("dmm_analytic", 1)``; a bare row name is seed 0."""
+    name, _, seed = label.partition("-seed")
+    if name not in ROWS or (seed and not seed.isdigit()):
+        raise ValueError(f"unknown run {label!r}: expected ROW or ROW-seedN with ROW one of {sorted(ROWS)}")
+    return name, int(seed or 0)
+
+
 def make_trainer(name: str, row: dict, out: Path, seed: int, patience: int, valid_every: int):
     from deepstate.inference import Trainer
 
     lsm = build_row(row, seed)
     kw = {k: row[k] for k in TRAINER_KEYS if k in row}
-    return Trainer(lsm, checkpoint_dir=out / name, metrics_path=out / name / "metrics.jsonl", seed=seed,
+    d = run_dir(out, name, seed)
+    return Trainer(lsm, checkpoint_dir=d, metrics_path=d / "metrics.jsonl", seed=seed,
                    valid_objective="elbo", valid_num_particles=1, valid_every=valid_every,
                    early_stopping_patience=patience, progress=False, checkpoint_every=200, **kw)
 
@@ -172,12 +188,12 @@ def train_row(args) -> int:
     row = ROWS[name]
     data = load(args.data_dir)
     out = Path(args.out)
-    (out / name).mkdir(parents=True, exist_ok=True)
+    run_dir(out, name, args.seed).mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
     trainer = make_trainer(name, row, out, args.seed, args.patience, args.valid_every)
     epochs = args.epochs or row["epochs"]
     budget = args.minutes * 60.0
-    result_path = out / name / "result.json"
+    result_path = run_dir(out, name, args.seed) / "result.json"
 
     last_print = [time.perf_counter()]
 
@@ -206,7 +222,7 @@ def train_row(args) -> int:
     res = evaluate_row(trainer, data["test"], args.elbo_particles, args.iwae, args.seed, args.fivo)
     best_epoch = max((h for h in trainer.history if h["valid_bound"] is not None), key=lambda h: h["valid_bound"],
                      default=None)
-    res.update(row=name, epochs=trainer.epoch, minutes=trainer.elapsed / 60, best_valid=trainer.best_valid,
+    res.update(row=name, seed=args.seed, epochs=trainer.epoch, minutes=trainer.elapsed / 60, best_valid=trainer.best_valid,
                best_epoch=None if best_epoch is None else best_epoch["epoch"], stopped_early=trainer.stopped_early,
                published=row["published"], anchor_elbo=row["anchor_elbo"], anchor_nll=row["anchor_nll"],
                threads=torch.get_num_threads(), command=" ".join([Path(sys.argv[0]).name] + sys.argv[1:]))
@@ -217,9 +233,10 @@ def train_row(args) -> int:
     return 0
 
 
-def curve(out: Path, name: str):
-    """``[(minutes, validation -ELBO)]`` of a row's validated epochs, from its checkpoint's history."""
-    ck = torch.load(out / name / "checkpoint.pt", map_location="cpu", weights_only=False)
+def curve(out: Path, label: str):
+    """``[(minutes, validation -ELBO)]`` of a run's validated epochs (``ROW`` or ``ROW-seedN``), from its
+    checkpoint's history."""
+    ck = torch.load(run_dir(out, *parse_run(label)) / "checkpoint.pt", map_location="cpu", weights_only=False)
     pts = [(h["elapsed"] / 60, -h["valid_bound"]) for h in ck["history"]
            if h.get("valid_bound") is not None and h.get("elapsed") is not None]
     return pts
@@ -238,11 +255,12 @@ def plot_objectives(out: Path, rows: list, path: str) -> None:
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     for name in rows:
-        if not (out / name / "checkpoint.pt").is_file():
+        ck_path = run_dir(out, *parse_run(name)) / "checkpoint.pt"
+        if not ck_path.is_file():
             continue
-        ck = torch.load(out / name / "checkpoint.pt", map_location="cpu", weights_only=False)
+        ck = torch.load(ck_path, map_location="cpu", weights_only=False)
         h = ck["history"]
-        row = ROWS[name]
+        row = ROWS[parse_run(name)[0]]
         objective = {"particle_elbo": "ELBO"}.get(row["objective"], row["objective"].upper())
         if row["objective"] != "particle_elbo":
             objective += f" (N = {row['num_particles']})"
@@ -265,29 +283,59 @@ def plot_objectives(out: Path, rows: list, path: str) -> None:
     print(f"wrote {path}")
 
 
+def seeds_of(out: Path, name: str) -> list:
+    """The seeds run for a row under ``out``: 0 if ``<out>/<row>`` exists, then every ``<row>-seedN``."""
+    out = Path(out)
+    seeds = [0] if (out / name).is_dir() else []
+    if out.is_dir():
+        seeds += sorted(int(d.name.rpartition("-seed")[2]) for d in out.glob(f"{name}-seed*")
+                        if d.is_dir() and d.name.rpartition("-seed")[2].isdigit())
+    return seeds
+
+
 def report(args) -> int:
+    """Print the table: one line per run (seed 0 first), and for a row with two or more evaluated seeds
+    a line with the mean and the standard deviation across them."""
+    import statistics
+
     out = Path(args.out)
     print("| row | test -ELBO | test -FIVO (N: value) | NLL (IWAE K: value) | published | epochs | minutes | "
           "best valid -ELBO |")
     print("|---|---|---|---|---|---|---|---|")
     for name in ROWS:
-        p = out / name / "result.json"
-        if not p.is_file():
-            ck_path = out / name / "checkpoint.pt"
-            if not ck_path.is_file():
-                print(f"| {name} | not run yet | | | {ROWS[name]['published']} | | | |")
-                continue
-            ck = torch.load(ck_path, map_location="cpu", weights_only=False)  # a row stopped before its evaluation
-            best = "-" if ck.get("best_valid") is None else f"{-ck['best_valid']:.3f}"
-            print(f"| {name} | unfinished (continue it to evaluate) | | | {ROWS[name]['published']} | {ck['epoch']} | "
-                  f"{ck.get('elapsed', 0.0) / 60:.0f} | {best} |")
+        seeds = seeds_of(out, name)
+        if not seeds:
+            print(f"| {name} | not run yet | | | {ROWS[name]['published']} | | | |")
             continue
-        r = json.loads(p.read_text())
-        nll = ", ".join(f"{k}: {v:.3f}" for k, v in r["test_nll_iwae"].items())
-        best = "-" if r["best_valid"] is None else f"{-r['best_valid']:.3f}"
-        fivo = ", ".join(f"{k}: {v:.3f}" for k, v in r.get("test_neg_fivo", {}).items()) or "-"
-        print(f"| {name} | {r['test_neg_elbo']:.3f} | {fivo} | {nll} | {r['published']} | {r['epochs']} | "
-              f"{r['minutes']:.0f} | {best} |")
+        done = []
+        for seed in seeds:
+            label = name if seed == 0 else f"{name} (seed {seed})"
+            d = run_dir(out, name, seed)
+            p = d / "result.json"
+            if not p.is_file():
+                if not (d / "checkpoint.pt").is_file():
+                    print(f"| {label} | not run yet | | | {ROWS[name]['published']} | | | |")
+                    continue
+                ck = torch.load(d / "checkpoint.pt", map_location="cpu", weights_only=False)  # stopped mid-training
+                best = "-" if ck.get("best_valid") is None else f"{-ck['best_valid']:.3f}"
+                print(f"| {label} | unfinished (continue it to evaluate) | | | {ROWS[name]['published']} | "
+                      f"{ck['epoch']} | {ck.get('elapsed', 0.0) / 60:.0f} | {best} |")
+                continue
+            r = json.loads(p.read_text())
+            done.append(r)
+            nll = ", ".join(f"{k}: {v:.3f}" for k, v in r["test_nll_iwae"].items())
+            best = "-" if r["best_valid"] is None else f"{-r['best_valid']:.3f}"
+            fivo = ", ".join(f"{k}: {v:.3f}" for k, v in r.get("test_neg_fivo", {}).items()) or "-"
+            print(f"| {label} | {r['test_neg_elbo']:.3f} | {fivo} | {nll} | {r['published']} | {r['epochs']} | "
+                  f"{r['minutes']:.0f} | {best} |")
+        if len(done) >= 2:
+            def spread(values):
+                return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+            k_max = max(done[0]["test_nll_iwae"], key=int)
+            nlls = [r["test_nll_iwae"][k_max] for r in done if k_max in r["test_nll_iwae"]]
+            print(f"| {name}: mean ± sd over {len(done)} seeds | {spread([r['test_neg_elbo'] for r in done])} | | "
+                  f"{k_max}: {spread(nlls) if len(nlls) >= 2 else '-'} | | | | |")
     if args.plot:
         import matplotlib
 
@@ -299,11 +347,11 @@ def report(args) -> int:
         fig, ax = plt.subplots(figsize=(7, 4))
         anchors = set()
         for name in args.row_plot:
-            if not (out / name / "checkpoint.pt").is_file():
+            if not (run_dir(out, *parse_run(name)) / "checkpoint.pt").is_file():
                 continue
             pts = curve(out, name)
             ax.plot([m for m, _ in pts], [v for _, v in pts], label=f"{name}: validation -ELBO")
-            anchor = ROWS[name]["anchor_elbo"]
+            anchor = ROWS[parse_run(name)[0]]["anchor_elbo"]
             if anchor and anchor not in anchors:  # rows sharing a published figure draw it once
                 anchors.add(anchor)
                 ax.axhline(anchor, ls="--", lw=1, color="grey", label=f"published test -ELBO {anchor}")
@@ -330,7 +378,8 @@ def main(argv=None) -> int:
     ap.add_argument("--plot-objectives", default=None,
                     help="with --report: PNG of each --row-plot row's training bound per epoch and validation "
                          "-ELBO per minute (rows trained with different objectives)")
-    ap.add_argument("--row-plot", default="dmm", help="with --plot / --plot-objectives: comma-separated rows to draw (default dmm)")
+    ap.add_argument("--row-plot", default="dmm", help="with --plot / --plot-objectives: comma-separated runs to draw, ROW or ROW-seedN "
+                         "(default dmm)")
     ap.add_argument("--out", default="runs/jsb", help="folder for checkpoints, logs and results (default runs/jsb)")
     ap.add_argument("--data-dir", default=os.environ.get("DEEPSTATE_DATA"), help="folder with jsb_chorales.pickle")
     ap.add_argument("--minutes", type=float, default=150.0, help="training wall-time budget of the row (default 150)")
@@ -338,7 +387,8 @@ def main(argv=None) -> int:
     ap.add_argument("--patience", type=int, default=100, help="early stopping: validations without improvement (100)")
     ap.add_argument("--valid-every", type=int, default=10, help="validate every this many epochs (default 10)")
     ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
-    ap.add_argument("--seed", type=int, default=0, help="seed of the initial parameters, minibatch order and draws")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the initial parameters, minibatch order and draws (default 0); a seed other "
+                         "than 0 runs in <out>/<row>-seed<N>, and --report adds the mean and sd over seeds")
     ap.add_argument("--evaluate-only", action="store_true", help="evaluate the checkpoint's best epoch again")
     ap.add_argument("--elbo-particles", type=int, default=10, help="single-sample ELBOs averaged on test (10)")
     ap.add_argument("--iwae", default="10,100,500,1000", help="IWAE particle counts for the test NLL")
@@ -348,6 +398,11 @@ def main(argv=None) -> int:
     args.iwae = [int(k) for k in str(args.iwae).split(",") if k]
     args.fivo = [int(n) for n in str(args.fivo).split(",") if n]
     args.row_plot = [r for r in args.row_plot.split(",") if r]
+    for label in args.row_plot:
+        try:
+            parse_run(label)
+        except ValueError as err:
+            ap.error(f"--row-plot: {err}")
     if args.list:
         for name, row in ROWS.items():
             settings = {k: row[k] for k in TRAINER_KEYS if k in row}

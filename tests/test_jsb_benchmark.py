@@ -80,3 +80,30 @@ def test_a_row_resumes_after_its_budget_and_is_evaluated(jsb, data_dir, tmp_path
     (tmp_path / "dmm" / "result.json").unlink()
     assert jsb.main(["--report", "--out", str(tmp_path)]) == 0
     assert "| dmm | unfinished (continue it to evaluate) | |" in capsys.readouterr().out
+
+
+@pytest.mark.data
+def test_seeds_run_apart_and_are_summarised(jsb, data_dir, tmp_path, monkeypatch, capsys):
+    """A second seed trains in ``<row>-seed1`` (the seed-0 run untouched, different parameters), and the
+    report prints both runs and their mean and standard deviation."""
+    tiny = dict(jsb.ROWS["dmm"], hyper=dict(z_dim=2, transition_dim=4, emission_dim=4, rnn_dim=4, rnn="rnn_relu"),
+                epochs=1, batch_size=64)
+    monkeypatch.setitem(jsb.ROWS, "dmm", tiny)
+    args = ["dmm", "--out", str(tmp_path), "--data-dir", str(data_dir), "--threads", "1", "--valid-every", "1",
+            "--iwae", "2", "--elbo-particles", "1", "--fivo", ""]
+    assert jsb.main(args) == 0
+    seed0 = (tmp_path / "dmm" / "result.json").read_text()
+    assert jsb.main(args + ["--seed", "1"]) == 0
+    assert (tmp_path / "dmm" / "result.json").read_text() == seed0
+    r0, r1 = (json.loads((tmp_path / d / "result.json").read_text()) for d in ("dmm", "dmm-seed1"))
+    assert (r0["seed"], r1["seed"]) == (0, 1) and r0["test_neg_elbo"] != r1["test_neg_elbo"]
+    assert jsb.seeds_of(tmp_path, "dmm") == [0, 1] and jsb.parse_run("dmm-seed1") == ("dmm", 1)
+    capsys.readouterr()
+    assert jsb.main(["--report", "--out", str(tmp_path)]) == 0
+    table = capsys.readouterr().out
+    e = [r0["test_neg_elbo"], r1["test_neg_elbo"]]
+    mean, sd = sum(e) / 2, abs(e[0] - e[1]) / 2 ** 0.5
+    assert f"| dmm (seed 1) | {r1['test_neg_elbo']:.3f} |" in table
+    assert f"| dmm: mean ± sd over 2 seeds | {mean:.3f} ± {sd:.3f} |" in table
+    with pytest.raises(ValueError, match="unknown run"):
+        jsb.parse_run("nope-seed1")
