@@ -11,13 +11,14 @@
 
 import numpy as np
 import pytest
-import statsmodels.api as sm
 import torch
 
 from deepstate.data import SequenceBatch
 from deepstate.inference.trainer import iterate_chunks
 from deepstate.models import build
 from deepstate.models.lgssm import ExactPosteriorGuide, LinearGaussianSSM
+
+from oracles import statsmodels_ssm
 
 
 # ---------------------------------------------------------------------------- 1. padding
@@ -151,18 +152,6 @@ def test_parallel_and_sequential_filters_agree(dtype, tol, T):
 
 
 # ---------------------------------------------------------------------------- 4. full R
-def _sm_model(x, M, R):
-    Z = M["A"].shape[0]
-    mod = sm.tsa.statespace.MLEModel(x, k_states=Z)
-    mod["design"] = M["C"]
-    mod["transition"] = M["A"]
-    mod["selection"] = np.eye(Z)
-    mod["state_cov"] = M["Q"]
-    mod["obs_cov"] = R
-    mod.initialize_known(M["m0"], M["P0"])
-    return mod
-
-
 def _full_R_model(dtype=torch.float64):
     R = np.array([[0.5, 0.3, -0.1], [0.3, 0.4, 0.05], [-0.1, 0.05, 0.2]])
     A = np.array([[0.9, 0.2], [-0.1, 0.7]])
@@ -187,7 +176,7 @@ def test_full_observation_covariance_matches_statsmodels_with_missing_values():
     M = {k: v.detach().numpy() for k, v in ssm.matrices().items()}
     ll = ssm.log_likelihood(batch.pad_to(45))
     for b, seq in enumerate(batch.sequences()):
-        ref = _sm_model(seq.numpy(), M, R).ssm.loglike()
+        ref = statsmodels_ssm(seq.numpy(), M, obs_cov=R).ssm.loglike()
         assert ll[b].item() == pytest.approx(ref, rel=1e-6, abs=1e-8)
     # a diagonal-R model gives a different likelihood (the correlation matters)
     diag = LinearGaussianSSM(2, 3, A=M["A"], Q=M["Q"], C=M["C"], R=np.diag(np.diag(R)), m0=M["m0"], P0=M["P0"],
@@ -227,7 +216,7 @@ def test_predicted_observation_moments_and_forecasts_match_statsmodels(full):
     M = {k: v.detach().numpy() for k, v in ssm.matrices().items()}
     x = batch.sequences()[0].numpy()
     H = 6
-    res = _sm_model(x, M, R).filter(np.array([]))
+    res = statsmodels_ssm(x, M, obs_cov=R).filter(np.array([]))
     fc = res.get_forecast(H)
     # history + H fully missing (valid) steps: the predictive moments there are the forecasts
     future = SequenceBatch.from_sequences([np.concatenate([x, np.full((H, 3), np.nan)])], dtype=torch.float64)

@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import statsmodels.api as sm
 import torch
 from pyro.infer import Trace_ELBO
 
@@ -13,6 +12,7 @@ from deepstate.models.base import LatentSequenceModel, PriorGuide
 from deepstate.models.lgssm import ExactPosteriorGuide, LinearFilteringGuide, LinearGaussianSSM
 
 from conformance import run_conformance
+from oracles import statsmodels_ssm
 
 
 def _ssm_from(params, **kw):
@@ -20,18 +20,6 @@ def _ssm_from(params, **kw):
         params["A"].shape[0], params["C"].shape[0], A=params["A"], Q=params["Q"], C=params["C"], R=params["R"],
         m0=params["m0"], P0=params["P0"], dtype=torch.float64, **kw,
     )
-
-
-def _statsmodels_loglike(x: np.ndarray, M: dict) -> float:
-    Z = M["A"].shape[0]
-    mod = sm.tsa.statespace.MLEModel(x, k_states=Z)
-    mod["design"] = M["C"]
-    mod["transition"] = M["A"]
-    mod["selection"] = np.eye(Z)
-    mod["state_cov"] = M["Q"]
-    mod["obs_cov"] = np.diag(M["r"])
-    mod.initialize_known(M["m0"], M["P0"])
-    return float(mod.ssm.loglike())
 
 
 def _random_batch(params, seed, T=60, B=3, missing_prob=0.1):
@@ -52,7 +40,7 @@ def test_kalman_matches_statsmodels(seed, Z, D, T):
     ll = ssm.log_likelihood(batch.pad_to(T + 9))  # extra padded steps change nothing
     M = {k: v.detach().numpy() for k, v in ssm.matrices().items()}
     for b, seq in enumerate(batch.sequences()):
-        ref = _statsmodels_loglike(seq.numpy(), M)
+        ref = statsmodels_ssm(seq.numpy(), M).ssm.loglike()
         assert ll[b].item() == pytest.approx(ref, rel=1e-6, abs=1e-8)
 
 
@@ -63,12 +51,7 @@ def test_kalman_matches_statsmodels_univariate_smoothing():
     ssm = _ssm_from(params)
     M = {k: v.detach().numpy() for k, v in ssm.matrices().items()}
     x = batch.sequences()[0].numpy()
-    mod = sm.tsa.statespace.MLEModel(x, k_states=2)
-    for key, val in (("design", M["C"]), ("transition", M["A"]), ("selection", np.eye(2)), ("state_cov", M["Q"]),
-                     ("obs_cov", np.diag(M["r"]))):
-        mod[key] = val
-    mod.initialize_known(M["m0"], M["P0"])
-    ref = mod.ssm.smooth()
+    ref = statsmodels_ssm(x, M).ssm.smooth()
     sm_res = ssm.smooth(batch)
     kf = ssm.kalman(batch)
     np.testing.assert_allclose(kf.filtered_mean[0].detach().numpy(), ref.filtered_state.T, rtol=1e-6, atol=1e-8)

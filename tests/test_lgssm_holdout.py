@@ -6,13 +6,13 @@ import dataclasses
 
 import numpy as np
 import pytest
-import statsmodels.api as sm
 import torch
 
-from deepstate.data import SequenceBatch
 from deepstate.data.synthetic import simulate_lgssm
 from deepstate.estimator import Estimator
 from deepstate.models.lgssm import LinearGaussianSSM, held_out_end
+
+from oracles import statsmodels_ssm
 
 P = dict(A=torch.tensor([[0.9, 0.2], [-0.3, 0.7]]), Q=0.2 * torch.eye(2), C=torch.tensor([[1.0, 0.4]]),
          R=torch.tensor([[0.3]]), m0=torch.zeros(2), P0=torch.eye(2))
@@ -21,16 +21,6 @@ P = dict(A=torch.tensor([[0.9, 0.2], [-0.3, 0.7]]), Q=0.2 * torch.eye(2), C=torc
 def data(seed=0, T=80, B=2):
     batch, _ = simulate_lgssm(**P, T=T, num_sequences=B, seed=seed, lengths=[T, T - 13][:B])
     return batch
-
-
-def statsmodels_loglikeobs(x: np.ndarray, M: dict) -> np.ndarray:
-    """Per-step log-likelihoods of one univariate sequence under the model's matrices, by statsmodels."""
-    Z = M["A"].shape[0]
-    mod = sm.tsa.statespace.MLEModel(x, k_states=Z)
-    mod["design"], mod["transition"], mod["selection"] = M["C"], M["A"], np.eye(Z)
-    mod["state_cov"], mod["obs_cov"] = M["Q"], np.diag(np.atleast_1d(M["r"]))
-    mod.initialize_known(M["m0"], M["P0"])
-    return mod.ssm.loglikeobs()
 
 
 def test_held_out_end_masks_the_last_steps_of_each_sequence():
@@ -50,7 +40,7 @@ def test_holdout_score_is_the_conditional_log_likelihood_of_statsmodels():
     M = {n: v.detach().numpy() for n, v in model.matrices().items()}
     expected = 0.0
     for b, L in enumerate(batch.lengths.tolist()):
-        expected += statsmodels_loglikeobs(batch.x[b, :L].numpy(), M)[L - k:].sum()
+        expected += statsmodels_ssm(batch.x[b, :L].numpy(), M).ssm.loglikeobs()[L - k:].sum()
     assert model.valid_history_[-1] == pytest.approx(expected / (k * batch.batch_size), rel=1e-9, abs=1e-9)
 
 
@@ -84,7 +74,7 @@ def test_patience_stops_after_that_many_iterations_without_a_better_score():
     batch, k = data(seed=1), 20
     torch.manual_seed(2)
     model = LinearGaussianSSM(4, 1, dtype=torch.float64)
-    full = model.fit(batch, num_steps=60, holdout=k, tol=0)
+    model.fit(batch, num_steps=60, holdout=k, tol=0)
     torch.manual_seed(2)
     model2 = LinearGaussianSSM(4, 1, dtype=torch.float64)
     stopped = model2.fit(batch, num_steps=60, holdout=k, tol=0, patience=3)
