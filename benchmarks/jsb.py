@@ -283,6 +283,22 @@ def plot_objectives(out: Path, rows: list, path: str) -> None:
     print(f"wrote {path}")
 
 
+def nll_limit(nll: dict):
+    """The IWAE NLL extrapolated to infinitely many particles, ``2 NLL(K) - NLL(K/2)`` at the largest
+    ``K`` whose half was also evaluated, or ``None``.
+
+    The IWAE bound's gap to ``log p(x)`` shrinks as ``Var(w) / (2 K E[w]^2) + O(1/K^2)`` (Maddison et al.
+    2017, Nowozin 2018); if ``gap(K) = c / K``, then ``gap(K/2) - gap(K) = c / K = gap(K)``, so one
+    jackknife step removes the first-order bias. It says how far the largest ``K`` is from
+    converged: ``NLL(K) - limit`` is the remaining first-order gap."""
+    ks = sorted(int(k) for k in nll)
+    pairs = [k for k in ks if k % 2 == 0 and k // 2 in ks]
+    if not pairs:
+        return None
+    k = pairs[-1]
+    return k, 2 * nll[str(k)] - nll[str(k // 2)]
+
+
 def seeds_of(out: Path, name: str) -> list:
     """The seeds run for a row under ``out``: 0 if ``<out>/<row>`` exists, then every ``<row>-seedN``."""
     out = Path(out)
@@ -324,6 +340,9 @@ def report(args) -> int:
             r = json.loads(p.read_text())
             done.append(r)
             nll = ", ".join(f"{k}: {v:.3f}" for k, v in r["test_nll_iwae"].items())
+            limit = nll_limit(r["test_nll_iwae"])
+            if limit is not None:
+                nll += f"; K -> inf (jackknife from {limit[0] // 2}, {limit[0]}): {limit[1]:.3f}"
             best = "-" if r["best_valid"] is None else f"{-r['best_valid']:.3f}"
             fivo = ", ".join(f"{k}: {v:.3f}" for k, v in r.get("test_neg_fivo", {}).items()) or "-"
             print(f"| {label} | {r['test_neg_elbo']:.3f} | {fivo} | {nll} | {r['published']} | {r['epochs']} | "

@@ -107,3 +107,12 @@ def test_seeds_run_apart_and_are_summarised(jsb, data_dir, tmp_path, monkeypatch
     assert f"| dmm: mean ± sd over 2 seeds | {mean:.3f} ± {sd:.3f} |" in table
     with pytest.raises(ValueError, match="unknown run"):
         jsb.parse_run("nope-seed1")
+
+
+def test_the_nll_limit_removes_a_first_order_gap(jsb):
+    """If the IWAE gap is exactly c / K, one jackknife step from (K/2, K) recovers the NLL itself."""
+    nll, c = 6.4, 7.0
+    values = {str(k): nll + c / k for k in (10, 100, 500, 1000)}
+    k, limit = jsb.nll_limit(values)
+    assert k == 1000 and limit == pytest.approx(nll, abs=1e-12)
+    assert jsb.nll_limit({"10": 7.0, "100": 6.9}) is None  # no K whose half was evaluated
