@@ -112,7 +112,7 @@ def _params(*classes):
 
 _HYPER = {
     "dkf": _params(DeepMarkovModel, StructuredInferenceGuide),
-    "vrnn": _params(VRNN) | {"guide_rnn_dim"},
+    "vrnn": _params(VRNN) | {"guide_rnn_dim", "residual"},
     "srnn": _params(SRNN, SRNNGuide),
     "lgssm": _params(LinearGaussianSSM),
     "deepstate": _params(DeepStateModel),
