@@ -274,7 +274,7 @@ def plot_objectives(out: Path, rows: list, path: str) -> None:
 
     from deepstate.plots._save import save_figure
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.4), constrained_layout=True)
     for name in rows:
         ck_path = run_dir(out, *parse_run(name)) / "checkpoint.pt"
         if not ck_path.is_file():
@@ -295,7 +295,7 @@ def plot_objectives(out: Path, rows: list, path: str) -> None:
     ax1.set_ylabel("training bound of its own objective, nats per frame")
     ax1.set_title("progress per epoch")
     ax2.set_xlabel("wall-clock minutes of training (2-core CPU)")
-    ax2.set_ylabel("validation bound (each row's selection bound), nats per frame")
+    ax2.set_ylabel("minus the validation bound, nats per frame")
     ax2.set_title("at equal wall-clock budget")
     for ax in (ax1, ax2):
         ax.set_ylim(top=min(ax.get_ylim()[1], 12))
