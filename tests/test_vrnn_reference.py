@@ -107,3 +107,13 @@ def test_bad_options_are_refused():
     with pytest.raises(ValueError, match="data_offsets=True"):
         build("vrnn", 4, "bernoulli", z_dim=3, rnn_dim=5, feature_dim=6).ssm.init_from_data(
             make_batch("bernoulli", [3]))
+
+
+def test_the_estimator_sets_the_offsets_from_its_training_data():
+    from deepstate.estimator import Estimator
+
+    g = torch.Generator().manual_seed(0)
+    rolls = (torch.rand(3, 12, 4, generator=g) < torch.tensor([0.05, 0.2, 0.5, 0.9])).double().numpy()
+    est = Estimator("vrnn", likelihood="bernoulli", objective="particle_elbo", num_particles=1,
+                    **dict(REFERENCE, z_dim=2, rnn_dim=4, feature_dim=4)).fit(rolls, epochs=1, batch_size=3, progress=False)
+    np.testing.assert_allclose(est.model_.ssm.x_mean.numpy(), rolls.mean((0, 1)), rtol=1e-6)
