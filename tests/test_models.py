@@ -187,3 +187,35 @@ def test_orthogonal_parametrisation_through_build_keeps_blocks_orthogonal():
         opt.step()
     assert float(orthogonality_error(lsm.ssm.d_rnn)) < 1e-6
     assert float(orthogonality_error(lsm.guide_steps.a_rnn)) < 1e-6
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn", "rnn_relu"])
+def test_rnn_step_kernels_equal_the_sequence_module(kind):
+    """rnn_step's one-step kernels give the sequence module's output and gradients (float64), for
+    inputs with extra leading dims that broadcast against the state."""
+    from deepstate.models.nn import rnn_step
+
+    torch.manual_seed(0)
+    rnn = make_rnn(kind, 5, 7, orthogonal=False).double()
+    x = torch.randn(3, 5, dtype=torch.float64)                       # [B, F], shared by the particles
+    state = {"h": torch.randn(2, 3, 7, dtype=torch.float64)}        # [N, B, H]
+    if kind == "lstm":
+        state["c"] = torch.randn(2, 3, 7, dtype=torch.float64)
+    out = rnn_step(rnn, x, state)
+    grads = torch.autograd.grad(sum(v.sum() ** 2 for v in out.values()), list(rnn.parameters()))
+    xs = x.expand(2, 3, 5).reshape(6, 1, 5)
+    hs = state["h"].reshape(1, 6, 7)
+    if kind == "lstm":
+        _, (h, c) = rnn(xs, (hs, state["c"].reshape(1, 6, 7)))
+        ref = {"h": h.reshape(2, 3, 7), "c": c.reshape(2, 3, 7)}
+    else:
+        ref = {"h": rnn(xs, hs)[1].reshape(2, 3, 7)}
+    ref_grads = torch.autograd.grad(sum(v.sum() ** 2 for v in ref.values()), list(rnn.parameters()))
+    for k in ref:
+        assert torch.allclose(out[k], ref[k], atol=1e-12), k
+    for g, r in zip(grads, ref_grads):
+        assert torch.allclose(g, r, atol=1e-10)
+    # a configuration without a one-step kernel (two layers) still runs the module itself
+    deep = torch.nn.GRU(5, 7, num_layers=2, batch_first=True).double()
+    with pytest.raises(RuntimeError):  # the two-layer module needs a [2, ...] state: it was not bypassed
+        rnn_step(deep, x, {"h": torch.randn(3, 7, dtype=torch.float64)})

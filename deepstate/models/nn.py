@@ -312,19 +312,43 @@ def rnn_initial(rnn: nn.Module, batch_shape, ref: torch.Tensor) -> Dict[str, tor
     return state
 
 
+#: one-step kernels of single-layer RNNs: the same gate equations as the sequence modules, without
+#: their per-call set-up (about 2x faster per step for an LSTM on CPU, forward and backward)
+_CELLS = {nn.LSTM: torch.lstm_cell, nn.GRU: torch.gru_cell}
+
+
+def _cell(rnn: nn.Module):
+    if rnn.num_layers != 1 or rnn.bidirectional or not rnn.bias or getattr(rnn, "proj_size", 0):
+        return None
+    if isinstance(rnn, nn.RNN):
+        return torch.rnn_tanh_cell if rnn.nonlinearity == "tanh" else torch.rnn_relu_cell
+    return _CELLS.get(type(rnn))
+
+
 def rnn_step(rnn: nn.Module, x: torch.Tensor, state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     """One step of a batch-first ``nn.GRU``/``nn.LSTM``/``nn.RNN`` on inputs with any leading dims.
 
-    ``x [*lead, F]``, ``state["h"] [*lead, H]`` -> new state. Using the sequence module itself (not a
-    separate cell) means the parallel pass (:func:`run_rnn`) and the step-by-step pass share weights
-    and agree exactly.
+    ``x [*lead, F]``, ``state["h"] [*lead, H]`` -> new state. The step reads the sequence module's own
+    weights (``weight_ih_l0``, ...; parametrised ones too), so the parallel pass (:func:`run_rnn`) and
+    the step-by-step pass share parameters and agree to round-off. A single-layer module runs its
+    one-step kernel (``torch.lstm_cell``, ``gru_cell``, ``rnn_tanh_cell``, ``rnn_relu_cell``); any
+    other configuration runs the module on a sequence of length one.
     """
     h = state["h"]
     lead = torch.broadcast_shapes(x.shape[:-1], h.shape[:-1])
+    H = h.shape[-1]
+    cell = _cell(rnn)
+    if cell is not None:
+        xf, hf = x.expand(*lead, x.shape[-1]).reshape(-1, x.shape[-1]), h.expand(*lead, H).reshape(-1, H)
+        w = (rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0)
+        if isinstance(rnn, nn.LSTM):
+            h2, c2 = cell(xf, (hf, state["c"].expand(*lead, H).reshape(-1, H)), *w)
+            return {"h": h2.reshape(*lead, H), "c": c2.reshape(*lead, H)}
+        return {"h": cell(xf, hf, *w).reshape(*lead, H)}
     xf = x.expand(*lead, x.shape[-1]).reshape(-1, 1, x.shape[-1])
-    hf = h.expand(*lead, h.shape[-1]).reshape(1, -1, h.shape[-1])
+    hf = h.expand(*lead, H).reshape(1, -1, H)
     if isinstance(rnn, nn.LSTM):
-        cf = state["c"].expand(*lead, h.shape[-1]).reshape(1, -1, h.shape[-1])
+        cf = state["c"].expand(*lead, H).reshape(1, -1, H)
         _, (h2, c2) = rnn(xf, (hf, cf))
         return {"h": h2[0].reshape(*lead, -1), "c": c2[0].reshape(*lead, -1)}
     _, h2 = rnn(xf, hf)
