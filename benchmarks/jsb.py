@@ -96,7 +96,8 @@ ROWS = {
         published="no published DMM+FIVO figure; compare with the dmm row",
         anchor_elbo=None, anchor_nll=None),
     # FIVO paper setting (Maddison et al. 2017, section 6.1) as its reference code runs it
-    # (tensorflow/models research/fivo: models/vrnn.py create_vrnn, runners.py; the README's JSB command):
+    # (tensorflow/models research/fivo: models/vrnn.py create_vrnn, runners.py; the README's JSB command;
+    # the differences left are listed in deepstate.models.vrnn's VRNN docstring):
     # VRNN with latent, feature and LSTM state of 32 units, N = 4 particles for IWAE/FIVO and one sample
     # for the ELBO, batch 4 drawn at random (no length buckets), Adam lr 1e-4, no gradient clipping,
     # Glorot weights, scales softplus(raw + 0.5), residual proposal mean, the training mean subtracted
@@ -246,6 +247,7 @@ def train_row(args) -> int:
     res.update(row=name, seed=args.seed, epochs=trainer.epoch, minutes=trainer.elapsed / 60, best_valid=trainer.best_valid,
                best_epoch=None if best_epoch is None else best_epoch["epoch"], stopped_early=trainer.stopped_early,
                published=row["published"], anchor_elbo=row["anchor_elbo"], anchor_nll=row["anchor_nll"],
+               settings={k: v for k, v in row.items() if k not in ("published", "anchor_elbo", "anchor_nll")},
                threads=torch.get_num_threads(), command=" ".join([Path(sys.argv[0]).name] + sys.argv[1:]))
     from deepstate.atomic import write_text_atomic
 
@@ -339,7 +341,7 @@ def report(args) -> int:
 
     out = Path(args.out)
     print("| row | test -ELBO | test -FIVO (N: value) | NLL (IWAE K: value) | published | epochs | minutes | "
-          "best valid -ELBO |")
+          "best validation value (the row's selection bound) |")
     print("|---|---|---|---|---|---|---|---|")
     for name in ROWS:
         seeds = seeds_of(out, name)
@@ -392,11 +394,13 @@ def report(args) -> int:
             if not (run_dir(out, *parse_run(name)) / "checkpoint.pt").is_file():
                 continue
             pts = curve(out, name)
-            ax.plot([m for m, _ in pts], [v for _, v in pts], label=f"{name}: validation -ELBO")
-            anchor = ROWS[parse_run(name)[0]]["anchor_elbo"]
+            row = ROWS[parse_run(name)[0]]
+            ax.plot([m for m, _ in pts], [v for _, v in pts],
+                    label=f"{name}: validation -{row.get('valid_objective', 'elbo').upper()}")
+            anchor = row["anchor_elbo"]
             if anchor and anchor not in anchors:  # rows sharing a published figure draw it once
                 anchors.add(anchor)
-                ax.axhline(anchor, ls="--", lw=1, color="grey", label=f"published test -ELBO {anchor}")
+                ax.axhline(anchor, ls="--", lw=1, color="grey", label=f"published test bound {anchor}")
         ax.axhline(7.0, ls=":", lw=1, color="red", label="goal: 7.0")
         ax.set_xlabel("wall-clock minutes of training (2-core CPU)")
         ax.set_ylabel("-ELBO, nats per frame (lower is better)")

@@ -193,10 +193,11 @@ def test_orthogonal_parametrisation_through_build_keeps_blocks_orthogonal():
 def test_rnn_step_kernels_equal_the_sequence_module(kind):
     """rnn_step's one-step kernels give the sequence module's output and gradients (float64), for
     inputs with extra leading dims that broadcast against the state."""
-    from deepstate.models.nn import rnn_step
+    from deepstate.models.nn import _cell, rnn_step
 
     torch.manual_seed(0)
     rnn = make_rnn(kind, 5, 7, orthogonal=False).double()
+    assert _cell(rnn) is not None and _cell(make_rnn(kind, 5, 7, orthogonal="parametrize")) is not None
     x = torch.randn(3, 5, dtype=torch.float64)                       # [B, F], shared by the particles
     state = {"h": torch.randn(2, 3, 7, dtype=torch.float64)}        # [N, B, H]
     if kind == "lstm":

@@ -117,3 +117,14 @@ def test_the_estimator_sets_the_offsets_from_its_training_data():
     est = Estimator("vrnn", likelihood="bernoulli", objective="particle_elbo", num_particles=1,
                     **dict(REFERENCE, z_dim=2, rnn_dim=4, feature_dim=4)).fit(rolls, epochs=1, batch_size=3, progress=False)
     np.testing.assert_allclose(est.model_.ssm.x_mean.numpy(), rolls.mean((0, 1)), rtol=1e-6)
+
+
+@pytest.mark.parametrize("option", ["linear_features", "observed_channel", "glorot", "data_offsets", "residual"])
+def test_on_off_options_must_be_booleans(option):
+    with pytest.raises((TypeError, ValueError), match=option):
+        build("vrnn", 4, "bernoulli", z_dim=3, rnn_dim=5, feature_dim=6, **{option: "False"})
+
+
+def test_glorot_is_refused_with_a_parametrised_orthogonal_rnn():
+    with pytest.raises(ValueError, match="glorot"):
+        build("vrnn", 4, "bernoulli", z_dim=3, rnn_dim=5, feature_dim=6, glorot=True, orthogonal="parametrize")

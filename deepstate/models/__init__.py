@@ -121,7 +121,8 @@ _HYPER = {
 
 _NONNEG_INTS = {"u_dim", "season_length"}
 _POS_FLOATS = {"min_scale", "min_variance"}
-_BOOLS = {"augmented", "resq", "trend", "full_R"}  # orthogonal also takes "parametrize": checked by the models
+_BOOLS = {"augmented", "resq", "trend", "full_R", "linear_features", "observed_channel", "glorot", "data_offsets",
+          "residual"}  # orthogonal also takes "parametrize": checked by the models
 
 
 def _check_hyper(hyper: dict) -> None:

@@ -45,13 +45,23 @@ class VRNN(StateSpaceModel):
         orthogonal: ``True`` (orthogonal init), ``"parametrize"`` (kept orthogonal) or ``False``.
         linear_features: ``phi_x`` and ``phi_z`` are two-layer MLPs with linear outputs (FIVO's
             code) instead of ``relu(MLP)`` with a one-layer ``phi_z`` (default ``False``).
-        scale_bias: Gaussian scales are ``softplus(raw + scale_bias) + min_scale`` (FIVO's code: 0.5).
+        scale_bias: the prior's and proposal's scales are ``softplus(raw + scale_bias) + min_scale``
+            (FIVO's code: 0.5, with no floor); a Gaussian emission's scale is not shifted.
         observed_channel: ``phi_x`` also reads the observed mask (``[x * o, o]``; default ``True``).
         glorot: Glorot-uniform weights and zero biases everywhere (LSTM forget-gate bias 1), as
-            TensorFlow initialises FIVO's code, instead of PyTorch's defaults (default ``False``).
+            TensorFlow initialises FIVO's code, instead of PyTorch's defaults (default ``False``); it
+            replaces the orthogonal initialisation, so pass ``orthogonal=False``; refused with
+            ``"parametrize"``.
         data_offsets: buffers ``x_mean`` (subtracted from the recurrence's inputs) and
             ``emission_offset`` (added to the emission's first parameter), zero until
-            :meth:`init_from_data` sets them from the training data (default ``False``).
+            :meth:`init_from_data` sets them from the training data (default ``False``; the
+            :class:`~deepstate.estimator.Estimator` calls it, a hand-built model must).
+
+    Where the FIVO options still differ from its code: FIVO's loss is the mean over sequences of
+    each bound per step (ours divides the minibatch's summed bound by a frame count, so long
+    chorales weigh more); FIVO's LSTM first steps on a zero input before the first prior (ours
+    starts the prior at ``h_0 = 0``); PyTorch's LSTM has two bias vectors where TensorFlow has one;
+    scales keep the ``min_scale`` floor.
     """
 
     def __init__(self, x_dim: int, z_dim: int = 64, rnn_dim: int = 512, feature_dim: int = 256,
@@ -71,6 +81,8 @@ class VRNN(StateSpaceModel):
         self.decoder = MLP([rnn_dim + F, F, x_dim * self.emission.n_params])
         self.rnn = make_rnn(rnn, 2 * F, rnn_dim, orthogonal)
         if glorot:
+            if orthogonal == "parametrize":
+                raise ValueError("glorot: cannot initialise recurrent weights that orthogonal='parametrize' keeps orthogonal")
             glorot_init_(self)
         if data_offsets:
             if self.emission.name not in ("bernoulli", "gaussian"):
