@@ -329,7 +329,7 @@ class Estimator:
         if window is not None:
             train = _windows(train, int(window), int(stride or window))
         lsm = self._build(train.dim)
-        if getattr(lsm.ssm, "x_mean", None) is not None:  # a VRNN with data_offsets: set from the training data
+        if getattr(lsm.ssm, "emission_offset", None) is not None:  # data_offsets: set from the training data
             lsm.ssm.init_from_data(train)
         if self.objective == "exact":
             # the Kalman filter mixes the batch with the parameters, so the batch takes the model's dtype

@@ -128,3 +128,28 @@ def test_on_off_options_must_be_booleans(option):
 def test_glorot_is_refused_with_a_parametrised_orthogonal_rnn():
     with pytest.raises(ValueError, match="glorot"):
         build("vrnn", 4, "bernoulli", z_dim=3, rnn_dim=5, feature_dim=6, glorot=True, orthogonal="parametrize")
+
+
+@pytest.mark.parametrize("name,guide", [("dkf", "st-r"), ("srnn", "smoothing")])
+def test_dkf_and_srnn_start_their_emission_at_the_training_mean(name, guide):
+    """The same emission offsets on the other deep models: with the emitter's last layer at zero, an
+    untrained model's key probabilities are the training frequencies; conformance holds."""
+    from test_models import _model
+
+    lsm = _model(name, guide, "bernoulli", data_offsets=True)
+    train = make_batch("bernoulli", [9, 6, 3], seed=5, missing=0.2)
+    lsm.ssm.init_from_data(train)
+    assert getattr(lsm.ssm, "x_mean", None) is None  # only the VRNN centres a recurrence's inputs
+    last = (lsm.ssm.emitter if name == "dkf" else lsm.ssm.decoder)[-1]
+    run_conformance(lsm, make_batch("bernoulli", [7, 4, 5], seed=1), make_batch("bernoulli", [9, 2], seed=2))
+    nn.init.zeros_(last.weight)
+    nn.init.zeros_(last.bias)
+    x = train.x.numpy()
+    keep = train.observed.numpy() & train.valid.numpy()[..., None]
+    p = np.clip([x[..., d][keep[..., d]].mean() for d in range(4)], 1e-4, 1 - 1e-4)
+    c = {k: v[:, 0] for k, v in lsm.ssm.features(train).items()}
+    probs = lsm.ssm.likelihood(lsm.ssm.initial((3,)), torch.zeros(3, 3, dtype=torch.float64), c).probs
+    np.testing.assert_allclose(probs.detach().numpy(), np.tile(p, (3, 1)), rtol=1e-10)
+    plain = _model(name, guide, "bernoulli")
+    with pytest.raises(ValueError, match="data_offsets=True"):
+        plain.ssm.init_from_data(train)

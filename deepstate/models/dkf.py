@@ -42,6 +42,8 @@ class DeepMarkovModel(StateSpaceModel):
         likelihood: emission family name (``"bernoulli"``, ``"gaussian"``, ``"studentt"``, ``"poisson"``).
         augmented: DMM-Aug: the emission also sees ``x_{t-1}`` (the paper's best JSB row).
         u_dim: covariates fed to the transition and emitter (the paper's interventions).
+        data_offsets: the emission starts at the training mean once
+            :meth:`~.base.StateSpaceModel.init_from_data` is called (default ``False``).
         min_scale: floor of every predicted scale.
 
     Example:
@@ -50,7 +52,8 @@ class DeepMarkovModel(StateSpaceModel):
     """
 
     def __init__(self, x_dim: int, z_dim: int = 100, transition_dim: int = 200, emission_dim: int = 100,
-                 likelihood: str = "bernoulli", augmented: bool = False, u_dim: int = 0, min_scale: float = 1e-3):
+                 likelihood: str = "bernoulli", augmented: bool = False, u_dim: int = 0, min_scale: float = 1e-3,
+                 data_offsets: bool = False):
         super().__init__()
         self.x_dim, self.z_dim, self.u_dim = x_dim, z_dim, u_dim
         self.augmented = augmented
@@ -60,6 +63,7 @@ class DeepMarkovModel(StateSpaceModel):
         self.transition = GatedTransition(z_dim, transition_dim, in_dim=u_dim, min_scale=min_scale)
         in_dim = z_dim + (2 * x_dim if augmented else 0) + u_dim
         self.emitter = MLP([in_dim, emission_dim, emission_dim, x_dim * self.emission.n_params])
+        self._register_data_offsets(data_offsets)
 
     def features(self, batch):
         c = super().features(batch)
@@ -82,7 +86,7 @@ class DeepMarkovModel(StateSpaceModel):
 
     def likelihood(self, s, z, c):
         h = cat_broadcast([z, c.get("x_prev"), c.get("u")]) if (self.augmented or self.u_dim) else z
-        return self.emission(self.emitter(h), self.min_scale)
+        return self.emit(self.emitter(h))
 
     def update(self, s, z, x, c, observed=None):
         return {"z": z}

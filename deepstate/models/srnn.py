@@ -31,11 +31,13 @@ class SRNN(StateSpaceModel):
         x_dim: observation size. z_dim: latent size (100). rnn_dim: ``d`` width (300).
         hidden_dim: MLP widths (300). likelihood: emission family. rnn: ``"gru"`` | ``"lstm"`` | ``"rnn"``.
         orthogonal: ``True`` (orthogonal init), ``"parametrize"`` (kept orthogonal) or ``False``.
+        data_offsets: the emission starts at the training mean once
+            :meth:`~.base.StateSpaceModel.init_from_data` is called (default ``False``).
     """
 
     def __init__(self, x_dim: int, z_dim: int = 100, rnn_dim: int = 300, hidden_dim: int = 300,
                  likelihood: str = "bernoulli", rnn: str = "gru", u_dim: int = 0, min_scale: float = 1e-3,
-                 orthogonal=True):
+                 orthogonal=True, data_offsets: bool = False):
         super().__init__()
         self.x_dim, self.z_dim, self.u_dim, self.min_scale = x_dim, z_dim, u_dim, min_scale
         self.emission = get_emission(likelihood)
@@ -43,6 +45,7 @@ class SRNN(StateSpaceModel):
         self.z_0 = nn.Parameter(torch.zeros(z_dim))
         self.prior_net = MLP([z_dim + rnn_dim, hidden_dim, 2 * z_dim])
         self.decoder = MLP([z_dim + rnn_dim, hidden_dim, x_dim * self.emission.n_params])
+        self._register_data_offsets(data_offsets)
 
     def _d_input(self, x_prev, obs_prev, u_t):
         inp = masked_input(x_prev, obs_prev)
@@ -67,7 +70,7 @@ class SRNN(StateSpaceModel):
         return dist.Normal(loc, positive(raw, self.min_scale)).to_event(1)
 
     def likelihood(self, s, z, c):
-        return self.emission(self.decoder(cat_broadcast([z, c["d"]])), self.min_scale)
+        return self.emit(self.decoder(cat_broadcast([z, c["d"]])))
 
     def update(self, s, z, x, c, observed=None):
         return {"z": z}

@@ -17,7 +17,7 @@ from scratch; each is an option: an LSTM (``rnn="lstm"``, ``orthogonal=False``),
 extractors with linear outputs (``linear_features``), scales ``softplus(raw + 0.5)``
 (``scale_bias=0.5``), Glorot-uniform weights and zero biases (``glorot``), notes without a
 missing-value channel (``observed_channel=False``), the training mean subtracted from the recurrence's
-inputs and its logit added to the emission's logits (``data_offsets`` with :meth:`VRNN.init_from_data`:
+inputs and its logit added to the emission's logits (``data_offsets`` with :meth:`~.base.StateSpaceModel.init_from_data`:
 untrained, every key starts at its average frequency instead of 1/2, which on JSB is 62 against
 11 nats per frame), and a residual proposal mean ``mu_prior + delta`` (``VRNNGuide(residual=True)``).
 """
@@ -54,7 +54,7 @@ class VRNN(StateSpaceModel):
             ``"parametrize"``.
         data_offsets: buffers ``x_mean`` (subtracted from the recurrence's inputs) and
             ``emission_offset`` (added to the emission's first parameter), zero until
-            :meth:`init_from_data` sets them from the training data (default ``False``; the
+            :meth:`~.base.StateSpaceModel.init_from_data` sets them from the training data (default ``False``; the
             :class:`~deepstate.estimator.Estimator` calls it, a hand-built model must).
 
     Where the FIVO options still differ from its code: FIVO's loss is the mean over sequences of
@@ -84,30 +84,9 @@ class VRNN(StateSpaceModel):
             if orthogonal == "parametrize":
                 raise ValueError("glorot: cannot initialise recurrent weights that orthogonal='parametrize' keeps orthogonal")
             glorot_init_(self)
+        self._register_data_offsets(data_offsets)
         if data_offsets:
-            if self.emission.name not in ("bernoulli", "gaussian"):
-                raise ValueError(f"data_offsets: supported for the bernoulli and gaussian likelihoods, "
-                                 f"not {self.emission.name!r}")
             self.register_buffer("x_mean", torch.zeros(x_dim))
-            self.register_buffer("emission_offset", torch.zeros(x_dim * self.emission.n_params))
-        else:
-            self.x_mean = self.emission_offset = None
-
-    def init_from_data(self, batch) -> "VRNN":
-        """Set ``x_mean`` to the per-dimension mean of ``batch``'s observed values and the emission's
-        offset to match it: ``logit(clip(mean, 1e-4, 1 - 1e-4))`` for Bernoulli keys (FIVO's code),
-        the mean itself for a Gaussian's location. Needs ``data_offsets=True``."""
-        if self.x_mean is None:
-            raise ValueError("init_from_data: build the VRNN with data_offsets=True")
-        w = batch.observed & batch.valid.unsqueeze(-1)
-        x = torch.where(w, batch.x, torch.zeros_like(batch.x))
-        mean = x.sum((0, 1)) / w.sum((0, 1)).clamp_min(1).to(x.dtype)
-        with torch.no_grad():
-            self.x_mean.copy_(mean)
-            self.emission_offset.zero_()
-            first = torch.logit(mean.clamp(1e-4, 1 - 1e-4)) if self.emission.name == "bernoulli" else mean
-            self.emission_offset[: self.x_dim].copy_(first)
-        return self
 
     def features_x(self, x, observed):
         """``phi_x`` of observations ``[..., D]`` (missing entries zeroed)."""
@@ -125,10 +104,7 @@ class VRNN(StateSpaceModel):
         return dist.Normal(loc, self.scale(raw)).to_event(1)
 
     def likelihood(self, s, z, c):
-        raw = self.decoder(cat_broadcast([s["h"], self.feature_act(self.phi_z(z))]))
-        if self.emission_offset is not None:
-            raw = raw + self.emission_offset
-        return self.emission(raw, self.min_scale)
+        return self.emit(self.decoder(cat_broadcast([s["h"], self.feature_act(self.phi_z(z))])))
 
     def update(self, s, z, x, c, observed=None):
         obs = torch.ones_like(x, dtype=torch.bool) if observed is None else observed
