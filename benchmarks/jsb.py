@@ -200,7 +200,43 @@ def evaluate_row(trainer, test, elbo_particles: int, iwae: list, seed: int, fivo
             r = evaluate(lsm, test, objective=objective, num_particles=n, seed=seed + (1 + offset) * n, batch_size=8)
             res[key][str(n)] = -r["nats_per_frame"]
             log(f"test {label.format(n)} {-r['nats_per_frame']:.4f} nats/frame ({time.perf_counter() - t0:.0f} s)")
+    res.update(posterior_use(lsm, test))
+    log(f"test KL {res['test_kl_per_frame']:.4f} nats/frame, active units {res['active_units']} of {res['z_dim']}")
     return res
+
+
+def posterior_use(lsm, test) -> dict:
+    """How much the model uses its latent state on ``test``: the KL term of the ELBO in nats per frame
+    (``KL(q_t || p_t)`` given the sampled past, :func:`~deepstate.inference.diagnostics.latent_kl`) and
+    Burda et al.'s active units (``Cov_x(E_q[z_u]) > 0.01``). A KL near zero with no active unit is a
+    collapsed posterior: every bound then equals the ELBO, and the latent state is not used."""
+    from deepstate.inference.diagnostics import active_units, latent_kl
+
+    with torch.no_grad():
+        kl = latent_kl(lsm, test, num_samples=1, per_dim=True)
+        count, _ = active_units(lsm, test)
+    return {"test_kl_per_frame": float(kl.sum()), "active_units": int(count), "z_dim": int(kl.numel())}
+
+
+def collapse_row(args) -> int:
+    """``--collapse``: :func:`posterior_use` of the row's best parameters, printed and added to its result.json."""
+    name, row, out = args.row, ROWS[args.row], Path(args.out)
+    torch.set_num_threads(args.threads)
+    data = load(args.data_dir)
+    trainer = make_trainer(name, row, out, args.seed, args.patience, args.valid_every)
+    trainer.load_checkpoint()
+    if trainer.best_state is not None:
+        trainer.lsm.load_state_dict(trainer.best_state)
+    use = posterior_use(trainer.lsm, data["test"])
+    log(f"{name}: test KL {use['test_kl_per_frame']:.4f} nats/frame, active units {use['active_units']} of {use['z_dim']}")
+    result_path = run_dir(out, name, args.seed) / "result.json"
+    if result_path.is_file():
+        from deepstate.atomic import write_text_atomic
+
+        res = json.loads(result_path.read_text())
+        res.update(use)
+        write_text_atomic(result_path, json.dumps(res, indent=2) + "\n")
+    return 0
 
 
 def train_row(args) -> int:
@@ -370,7 +406,9 @@ def report(args) -> int:
                 nll += f"; K -> inf (jackknife from {limit[0] // 2}, {limit[0]}): {limit[1]:.3f}"
             best = "-" if r["best_valid"] is None else f"{-r['best_valid']:.3f}"
             fivo = ", ".join(f"{k}: {v:.3f}" for k, v in r.get("test_neg_fivo", {}).items()) or "-"
-            print(f"| {label} | {r['test_neg_elbo']:.3f} | {fivo} | {nll} | {r['published']} | {r['epochs']} | "
+            use = "" if "active_units" not in r else \
+                f" (KL {r['test_kl_per_frame']:.3f}, {r['active_units']}/{r['z_dim']} active units)"
+            print(f"| {label} | {r['test_neg_elbo']:.3f}{use} | {fivo} | {nll} | {r['published']} | {r['epochs']} | "
                   f"{r['minutes']:.0f} | {best} |")
         if len(done) >= 2:
             def spread(values):
@@ -436,6 +474,9 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="seed of the initial parameters, minibatch order and draws (default 0); a seed other "
                          "than 0 runs in <out>/<row>-seed<N>, and --report adds the mean and sd over seeds")
     ap.add_argument("--evaluate-only", action="store_true", help="evaluate the checkpoint's best epoch again")
+    ap.add_argument("--collapse", action="store_true",
+                    help="print the test KL per frame and active units of the row's best parameters (posterior "
+                         "collapse) and add them to its result.json")
     ap.add_argument("--elbo-particles", type=int, default=10, help="single-sample ELBOs averaged on test (10)")
     ap.add_argument("--iwae", default="10,100,500,1000", help="IWAE particle counts for the test NLL")
     ap.add_argument("--fivo", default="4", help="particle counts of the test FIVO bound (default 4; '' for none)")
@@ -459,7 +500,7 @@ def main(argv=None) -> int:
     if args.row is None:
         ap.error("give a row (see --list), --list or --report")
     try:
-        return train_row(args)
+        return collapse_row(args) if args.collapse else train_row(args)
     except (FileNotFoundError, ValueError) as err:  # missing data, a checkpoint of another row: one line
         print(f"jsb.py: {err}", file=sys.stderr)
         return 2

@@ -74,8 +74,16 @@ def test_a_row_resumes_after_its_budget_and_is_evaluated(jsb, data_dir, tmp_path
     res = json.loads((tmp_path / "dmm" / "result.json").read_text())
     assert res["epochs"] == 2 and res["frames"] == 4725  # the test split: 4,725 frames
     assert 0 < res["test_neg_elbo"] and 0 < res["test_nll_iwae"]["2"] <= res["test_neg_elbo"] + 1.0
+    assert 0 <= res["test_kl_per_frame"] and 0 <= res["active_units"] <= res["z_dim"] == 2
     assert jsb.main(["--report", "--out", str(tmp_path)]) == 0
-    assert f"| dmm | {res['test_neg_elbo']:.3f} |" in capsys.readouterr().out
+    assert f"| dmm | {res['test_neg_elbo']:.3f} (KL " in capsys.readouterr().out
+    # --collapse recomputes the same diagnostics from the checkpoint's best parameters
+    del res["active_units"]
+    (tmp_path / "dmm" / "result.json").write_text(json.dumps(res))
+    assert jsb.main(["dmm", "--collapse", "--out", str(tmp_path), "--data-dir", str(data_dir), "--threads", "1"]) == 0
+    again = json.loads((tmp_path / "dmm" / "result.json").read_text())
+    assert again["z_dim"] == 2 and "active_units" in again
+    assert again["test_kl_per_frame"] == pytest.approx(res["test_kl_per_frame"], rel=0.5)
     # a row with a checkpoint but no result yet (stopped mid-training) is reported as unfinished, with its epochs
     (tmp_path / "dmm" / "result.json").unlink()
     assert jsb.main(["--report", "--out", str(tmp_path)]) == 0
@@ -103,7 +111,7 @@ def test_seeds_run_apart_and_are_summarised(jsb, data_dir, tmp_path, monkeypatch
     table = capsys.readouterr().out
     e = [r0["test_neg_elbo"], r1["test_neg_elbo"]]
     mean, sd = sum(e) / 2, abs(e[0] - e[1]) / 2 ** 0.5
-    assert f"| dmm (seed 1) | {r1['test_neg_elbo']:.3f} |" in table
+    assert f"| dmm (seed 1) | {r1['test_neg_elbo']:.3f} (KL " in table
     assert f"| dmm: mean ± sd over 2 seeds | {mean:.3f} ± {sd:.3f} |" in table
     with pytest.raises(ValueError, match="unknown run"):
         jsb.parse_run("nope-seed1")
