@@ -461,7 +461,7 @@ def main(argv=None) -> int:
     ap.add_argument("--plot", default=None, help="with --report: PNG of validation bound against minutes")
     ap.add_argument("--plot-objectives", default=None,
                     help="with --report: PNG of each --row-plot row's training bound per epoch and validation "
-                         "-ELBO per minute (rows trained with different objectives)")
+                         "bound (the row's selection bound) per minute (rows trained with different objectives)")
     ap.add_argument("--row-plot", default="dmm", help="with --plot / --plot-objectives: comma-separated runs to draw, ROW or ROW-seedN "
                          "(default dmm)")
     ap.add_argument("--out", default="runs/jsb", help="folder for checkpoints, logs and results (default runs/jsb)")
