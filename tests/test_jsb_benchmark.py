@@ -48,6 +48,21 @@ def test_the_dmm_row_is_pyros_recipe(jsb):
     assert old["hyper"] == dict(z_dim=100, transition_dim=200, emission_dim=100, rnn_dim=600, rnn="rnn_relu")
 
 
+@pytest.mark.data
+def test_the_srnn_rows_are_the_reference_recipe(jsb, data_dir, tmp_path):
+    """Fraccaro et al.'s srnn code (MainSRNN_midi.py): Adam 1e-3, batch 16, clip 1, KL temperature 0.2 -> 1 over
+    20 epochs of 15 minibatches on the ELBO row only, smoothing guide with Resq and MLPs of 500."""
+    elbo, fivo = jsb.ROWS["srnn_elbo"], jsb.ROWS["srnn_fivo"]
+    for row in (elbo, fivo):
+        assert (row["lr"], row["batch_size"], row["clip_norm"], row["optimizer_args"]) == (1e-3, 16, 1.0, {"eps": 1e-4})
+    assert elbo["annealing"] == {"start": 0.2, "warmup_steps": 20 * 15} and elbo["analytic_kl"] is True
+    assert "annealing" not in fivo and fivo["valid_objective"] == "fivo" and fivo["num_particles"] == 4
+    tr = jsb.make_trainer("srnn_elbo", elbo, tmp_path, seed=0, patience=5, valid_every=1)
+    guide = tr.lsm.guide_steps
+    assert guide.smoothing and guide.resq and guide.net[0].out_features == 500
+    assert len(jsb.load(data_dir)["train"]) == 229 and -(-229 // 16) == 15  # minibatches per epoch
+
+
 def test_the_dmm_row_builds_pyros_guide(jsb):
     lsm = jsb.build_row(jsb.ROWS["dmm"], seed=0)
     g = lsm.guide_steps

@@ -144,6 +144,82 @@ def test_summed_loss_scale_multiplies_the_gradient_by_the_normalizer():
     assert norm > 1
 
 
+def _first_step_grads(objective, loss_scale, data, **kw):
+    """Every parameter's gradient at the trainer's first step (one minibatch of all sequences)."""
+    lsm = tiny_model()
+    tr = Trainer(lsm, objective=objective, num_particles=3, batch_size=data.batch_size, progress=False, seed=5,
+                 loss_scale=loss_scale, clip_norm=None, **kw)
+    grads = {}
+    for name, p in lsm.named_parameters():
+        p.register_hook(lambda g, name=name: grads.setdefault(name, g.detach().clone()))
+    tr.fit(data, epochs=1)
+    return grads, tr
+
+
+@pytest.mark.parametrize("objective", ["particle_elbo", "fivo"])
+def test_per_sequence_loss_equals_per_frame_loss_on_equal_lengths(objective):
+    """With every sequence of length T, ``mean_b bound_b / T`` (FIVO's weighting) is the per-frame loss."""
+    data = make_data(lengths=(6,) * 5)
+    g_seq, tr = _first_step_grads(objective, "sequences", data)
+    g_frames, _ = _first_step_grads(objective, "frames", data)
+    assert tr.normalizer == 5.0  # sequences per minibatch
+    for name in g_frames:
+        torch.testing.assert_close(g_seq[name], g_frames[name], rtol=1e-10, atol=1e-14)
+
+
+def test_per_sequence_loss_is_the_mean_of_bounds_per_frame():
+    """Unequal lengths: the first step's gradient is that of ``-mean_b log Z_b / T_b``, computed here from
+    the IWAE bound on the same draws; the per-frame loss's gradient differs from it."""
+    data = make_data()
+    g_seq, _ = _first_step_grads("iwae", "sequences", data)
+    g_frames, _ = _first_step_grads("iwae", "frames", data)
+    lsm = tiny_model()
+    pyro.set_rng_seed(5)  # the trainer's first step draws right after seeding with its seed
+    log_z = get_objective("iwae", 3).bound(lsm, data).log_z
+    loss = -(log_z / data.lengths.to(log_z)).mean()
+    names, params = zip(*lsm.named_parameters())
+    expected = torch.autograd.grad(loss, params, allow_unused=True)
+    differs = 0.0
+    for name, e in zip(names, expected):
+        if e is None:
+            assert name not in g_seq
+            continue
+        torch.testing.assert_close(g_seq[name], e, rtol=1e-9, atol=1e-13)
+        differs = max(differs, float((g_frames[name] - e).abs().max()))
+    assert differs > 1e-4
+
+
+def test_per_sequence_weights_use_whole_lengths_under_tbptt():
+    """A TBPTT chunk is weighed by 1 / its sequence's whole length, not the chunk's."""
+    data = make_data()
+    tr = Trainer(tiny_model(), objective="fivo", num_particles=2, batch_size=7, progress=False, tbptt=3,
+                 loss_scale="sequences")
+    seen, loss = [], tr._objective.loss
+
+    def spy(lsm, batch, normalizer, weights=None, **kw):
+        seen.append((batch.lengths.clone(), weights.clone()))
+        return loss(lsm, batch, normalizer, weights, **kw)
+
+    tr._objective.loss = spy
+    tr.fit(data, epochs=1)
+    assert len(seen) == 3  # chunks 0:3, 3:6, 6:8
+    for t0, (chunk_lengths, weights) in zip((0, 3, 6), seen):
+        whole = (1.0 / weights).round().long()
+        # the sequences still running at t0, in the minibatch's (shuffled) order, each paired with its chunk
+        assert sorted(whole.tolist()) == sorted(n for n in data.lengths.tolist() if n > t0)
+        assert torch.equal((whole - t0).clamp(max=3), chunk_lengths.long())
+
+
+def test_per_sequence_loss_needs_a_particle_objective():
+    with pytest.raises(ValueError, match="loss_scale.*particle"):
+        Trainer(tiny_model(), objective="elbo", loss_scale="sequences")
+
+
+def test_objective_weights_must_have_one_entry_per_sequence():
+    with pytest.raises(ValueError, match="weights"):
+        get_objective("iwae", 2).loss(tiny_model(), make_data(), weights=torch.ones(3, dtype=torch.float64))
+
+
 @pytest.mark.parametrize("kwargs,name", [
     (dict(optimizer="sgd"), "optimizer"), (dict(optimizer_args=[1]), "optimizer_args"),
     (dict(optimizer_args={"lr": 1.0}), "optimizer_args"), (dict(optimizer_args={"bogus": 1}), "optimizer_args"),

@@ -19,6 +19,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
+import torch
+
 from ..data import SequenceBatch
 from ..models.base import LatentSequenceModel
 from .particle import ParticleFilterResult, particle_filter
@@ -52,18 +54,30 @@ class ParticleObjective:
             ess_threshold=self.ess_threshold, **kwargs,
         )
 
-    def loss(self, lsm: LatentSequenceModel, batch: SequenceBatch, normalizer: Optional[float] = None, **kwargs):
-        """``-sum_b bound_b / normalizer`` (default normaliser: the batch's frame count).
+    def loss(self, lsm: LatentSequenceModel, batch: SequenceBatch, normalizer: Optional[float] = None,
+             weights: Optional[torch.Tensor] = None, **kwargs):
+        """``-sum_b w_b bound_b / normalizer`` (default normaliser: the batch's frame count; default
+        weights: 1). ``weights [B]`` weigh the sequences, e.g. ``1 / T_b`` for FIVO's per-sequence loss.
 
         Returns ``(loss, result)``.
         """
         result = self.bound(lsm, batch, **kwargs)
-        norm = float(batch.num_frames) if normalizer is None else float(normalizer)
-        return -result.log_z.sum() / norm, result
+        return _weighted_loss(result.log_z, batch, normalizer, weights), result
 
     def __repr__(self):
         extra = ", analytic_kl=True" if getattr(self, "analytic_kl", False) else ""
         return f"{type(self).__name__}(num_particles={self.num_particles}{extra})"
+
+
+def _weighted_loss(bound: torch.Tensor, batch: SequenceBatch, normalizer: Optional[float],
+                   weights: Optional[torch.Tensor]) -> torch.Tensor:
+    """``-sum_b w_b bound_b / normalizer`` (``bound [B]`` nats; defaults: the batch's frames, ``w = 1``)."""
+    norm = float(batch.num_frames) if normalizer is None else float(normalizer)
+    if weights is None:
+        return -bound.sum() / norm
+    if weights.shape != bound.shape:
+        raise ValueError(f"weights: expected shape {tuple(bound.shape)} (one per sequence), got {tuple(weights.shape)}")
+    return -(weights.to(bound) * bound).sum() / norm
 
 
 class ParticleELBO(ParticleObjective):
@@ -105,16 +119,15 @@ class ParticleELBO(ParticleObjective):
             log_z = log_z - kwargs["initial_state"]["lw"].mean(0)
         return dataclasses.replace(result, log_z=log_z)
 
-    def loss(self, lsm, batch, normalizer=None, kl_scale: float = 1.0, **kwargs):
-        """``-sum_b annealed_bound_b / normalizer`` and the (unannealed) result; see the class docstring."""
+    def loss(self, lsm, batch, normalizer=None, weights=None, kl_scale: float = 1.0, **kwargs):
+        """``-sum_b w_b annealed_bound_b / normalizer`` and the (unannealed) result; see the class docstring."""
         if kl_scale == 1.0:
-            return super().loss(lsm, batch, normalizer, **kwargs)
+            return super().loss(lsm, batch, normalizer, weights, **kwargs)
         if not 0.0 <= float(kl_scale) <= 1.0:
             raise ValueError(f"kl_scale: expected a factor in [0, 1], got {kl_scale!r}")
         result = self.bound(lsm, batch, split_latent=True, **kwargs)
         annealed = result.log_z - (1.0 - float(kl_scale)) * result.latent_log_weights.mean(0)
-        norm = float(batch.num_frames) if normalizer is None else float(normalizer)
-        return -annealed.sum() / norm, result
+        return _weighted_loss(annealed, batch, normalizer, weights), result
 
 
 class IWAE(ParticleObjective):

@@ -29,6 +29,10 @@ IWAE and FIVO refuse it: they normalise importance weights, which annealing woul
 ``c = (frames in the training set) / (batches per epoch)``, so the *mean* of one epoch's minibatch
 losses (``history``'s ``train_loss``) is minus the whole training bound per frame (their sum is that
 times the number of batches), and short batches are weighted as the full objective weights them.
+``loss_scale="sequences"`` (particle objectives) weighs each sequence by ``1 / T_b`` instead, with
+``c = (sequences in the training set) / (batches per epoch)``: every sequence counts equally, whatever its
+length, as FIVO's reference code trains (``mean_b bound_b / T_b``, Maddison et al. 2017); the mean of the
+epoch's minibatch losses is then minus the training set's mean per-frame bound *per sequence*.
 
 **Reproducibility and resume.** Minibatch order is a function of ``(seed, epoch)`` only. A fresh
 run seeds torch, numpy and Python's RNGs with ``seed``; a checkpoint stores the module,
@@ -288,8 +292,10 @@ class Trainer:
             element-wise gradient clamp ``clip_norm``, per-step lr decay ``lrd``, ``weight_decay``).
         optimizer_args: extra keyword arguments of that optimiser (e.g. ``{"betas": (0.96, 0.999),
             "clip_norm": 10.0, "lrd": 0.99996, "weight_decay": 2.0}`` for ``"clipped_adam"``).
-        loss_scale: ``"frames"`` (default; the loss is per frame, see *Loss scale*) or ``"sum"``
-            (gradients of the minibatch's summed negative bound, as Pyro's SVI; the logged loss stays per frame).
+        loss_scale: ``"frames"`` (default; the loss is per frame, see *Loss scale*), ``"sum"``
+            (gradients of the minibatch's summed negative bound, as Pyro's SVI; the logged loss stays per frame)
+            or ``"sequences"`` (particle objectives: each sequence's bound divided by its length, then
+            averaged over sequences, as FIVO's reference code; see *Loss scale*).
         valid_every: validate every this many epochs (and after the last one); early-stopping
             patience then counts validations.
         early_stopping_patience: stop when the validation bound (nats/frame) has not improved for
@@ -324,7 +330,8 @@ class Trainer:
         epoch, step_in_epoch, global_step: the position in training.
         best_valid: best validation bound so far (nats/frame) or ``None``.
         best_state: the best validation epoch's module ``state_dict`` or ``None``.
-        normalizer: the fixed loss normaliser ``frames / batches per epoch``.
+        normalizer: the fixed loss normaliser ``frames / batches per epoch`` (``sequences / batches per epoch``
+            with ``loss_scale="sequences"``).
         lsm: the module being trained (the one passed in). After ``fit(restore_best=True)`` it holds
             the *best* epoch's parameters (:attr:`best_state`); the last epoch's parameters are kept
             aside and are what :meth:`state_dict` / checkpoints save and what the next :meth:`fit`
@@ -401,8 +408,11 @@ class Trainer:
         self.optimizer_name, self.optimizer_args = optimizer, dict(optimizer_args or {})
         if "lr" in self.optimizer_args:
             raise ValueError("optimizer_args: give the learning rate as lr=, not in optimizer_args")
-        if loss_scale not in ("frames", "sum"):
-            raise ValueError(f"loss_scale: expected 'frames' or 'sum', got {loss_scale!r}")
+        if loss_scale not in ("frames", "sum", "sequences"):
+            raise ValueError(f"loss_scale: expected 'frames', 'sum' or 'sequences', got {loss_scale!r}")
+        if loss_scale == "sequences" and self.is_pyro:
+            raise ValueError(f"loss_scale: 'sequences' weighs each sequence by 1 / length, which needs a particle "
+                             f"objective ('particle_elbo', 'iwae', 'fivo'), got objective={objective!r}")
         self.loss_scale = loss_scale
         self.valid_every = _pos_int(valid_every, "valid_every")
         self.early_stopping_patience = _pos_int(early_stopping_patience, "early_stopping_patience", allow_none=True)
@@ -489,7 +499,7 @@ class Trainer:
     @property
     def _grad_scale(self) -> float:
         """What the per-frame loss is multiplied by before ``backward`` (``loss_scale``)."""
-        return 1.0 if self.loss_scale == "frames" else float(self.normalizer)
+        return float(self.normalizer) if self.loss_scale == "sum" else 1.0
 
     def _tick(self) -> None:
         """Add the wall time since the last tick to :attr:`elapsed` (time spent in :meth:`fit`)."""
@@ -573,9 +583,12 @@ class Trainer:
             f.flush()
 
     # ------------------------------------------------------------------ losses
-    def _forward(self, mb: SequenceBatch, initial_state: Optional[dict] = None):
+    def _forward(self, mb: SequenceBatch, initial_state: Optional[dict] = None,
+                 lengths: Optional[torch.Tensor] = None):
         """``(loss, bound_total, result)``: the scaled loss to minimise, the unannealed total bound
-        of the minibatch (nats, a float) and the particle filter result (``None`` for Pyro ELBOs)."""
+        of the minibatch (nats, a float) and the particle filter result (``None`` for Pyro ELBOs).
+        ``lengths [B]``: the whole sequences' lengths (for ``loss_scale="sequences"``; default ``mb``'s,
+        which a TBPTT chunk cuts short)."""
         if self.is_pyro:
             a = 1.0 if self.annealing is None else float(self.annealing.factor)
             if a == 1.0:
@@ -594,6 +607,8 @@ class Trainer:
                         bound = -float(self._elbo.differentiable_loss(self.lsm.model, self.lsm.guide, mb, 1.0))
             return neg_elbo / self.normalizer, bound, None
         kw = {} if self.annealing is None else {"kl_scale": float(self.annealing.factor)}
+        if self.loss_scale == "sequences":
+            kw["weights"] = 1.0 / (mb.lengths if lengths is None else lengths).to(self.device, self.dtype)
         loss, result = self._objective.loss(self.lsm, mb, self.normalizer, initial_state=initial_state, **kw)
         return loss, float(result.log_z.detach().sum()), result
 
@@ -669,7 +684,7 @@ class Trainer:
                     init = None
                     if state is not None:
                         init = select_state(state, torch.searchsorted(prev_rows, rows))
-                    loss, bound, result = self._forward(chunk, init)
+                    loss, bound, result = self._forward(chunk, init, mb.lengths[rows])
                 ok, norm = self._backward_and_step(loss)
                 norms.append(norm)
                 loss_total += float(loss.detach())
@@ -926,11 +941,13 @@ class Trainer:
             self.lsm.load_state_dict(self._live_model_state)
             self._live_model_state = None
         self._data_fingerprint = fingerprint
+        # frames (or sequences, for loss_scale="sequences") per minibatch on average
+        total = train.batch_size if self.loss_scale == "sequences" else train.num_frames
         if self.world_size == 1:
-            self.normalizer = train.num_frames / n_batches
-        else:  # frames / (local minibatches per epoch over all ranks): averaged gradients = one process's
+            self.normalizer = total / n_batches
+        else:  # total / (local minibatches per epoch over all ranks): averaged gradients = one process's
             n_global = len(minibatch_indices(train.lengths, self.batch_size * self.world_size, shuffle=False))
-            self.normalizer = train.num_frames / (self.world_size * n_global)
+            self.normalizer = total / (self.world_size * n_global)
         self.lsm.train()
         self._fit_epochs = epochs
         self._mark = time.perf_counter()

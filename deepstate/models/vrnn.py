@@ -58,8 +58,9 @@ class VRNN(StateSpaceModel):
             :class:`~deepstate.estimator.Estimator` calls it, a hand-built model must).
 
     Where the FIVO options still differ from its code: FIVO's loss is the mean over sequences of
-    each bound per step (ours divides the minibatch's summed bound by a frame count, so long
-    chorales weigh more); FIVO's LSTM first steps on a zero input before the first prior (ours
+    each bound per step (the Trainer's default divides the minibatch's summed bound by a frame count,
+    so long chorales weigh more; ``Trainer(loss_scale="sequences")`` trains with FIVO's weighting, which
+    the ``vrnn_*`` rows of ``benchmarks/jsb.py`` predate); FIVO's LSTM first steps on a zero input before the first prior (ours
     starts the prior at ``h_0 = 0``); PyTorch's LSTM has two bias vectors where TensorFlow has one;
     scales keep the ``min_scale`` floor.
     """
