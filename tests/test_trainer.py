@@ -362,3 +362,42 @@ def test_cuda_training_and_cpu_resume(tmp_path):
                   progress=False)
     cpu.fit(make_data(), epochs=2)
     assert cpu.epoch == 2 and all(torch.isfinite(p).all() for p in cpu.lsm.parameters())
+
+
+# ---------------------------------------------------------------------------- posterior-collapse tracking
+def test_track_posterior_records_kl_and_active_units_without_changing_training():
+    """The records hold the validation KL and active units of the epoch's parameters (as the diagnostics
+    compute them independently), and training ends with the same parameters as without tracking."""
+    from deepstate.inference.diagnostics import active_units, latent_kl
+
+    train, valid = make_data(), make_data(lengths=(6, 4, 5), seed=9)
+    runs = {}
+    for track in (False, True):
+        lsm = tiny_model()
+        tr = Trainer(lsm, objective="fivo", num_particles=2, batch_size=3, progress=False, seed=3,
+                     track_posterior=track)
+        tr.fit(train, valid, epochs=2)
+        runs[track] = (tr, {k: v.detach().clone() for k, v in lsm.state_dict().items()})
+    (plain, p_state), (tracked, t_state) = runs[False], runs[True]
+    assert states_equal(p_state, t_state)
+    assert [h["valid_bound"] for h in plain.history] == [h["valid_bound"] for h in tracked.history]
+    assert "valid_kl_per_frame" not in plain.history[-1]
+    last = tracked.history[-1]
+    with torch.random.fork_rng():
+        torch.manual_seed(tracked._valid_seed(1) + 1)
+        kl = float(latent_kl(tracked.lsm, valid, per_dim=False))
+        count, _ = active_units(tracked.lsm, valid)
+    assert last["valid_kl_per_frame"] == pytest.approx(kl, rel=1e-12) and last["valid_kl_per_frame"] > 1e-3
+    assert last["valid_active_units"] == count
+
+
+def test_track_posterior_sees_a_collapsed_posterior():
+    """A guide that is the prior has no KL and no active unit: the collapse the tracking is there to show."""
+    lsm = build("lgssm", 1, guide="prior", z_dim=2, dtype=torch.float64)
+    data = SequenceBatch.from_sequences([torch.randn(n, 1, dtype=torch.float64) for n in (6, 4, 5)],
+                                        dtype=torch.float64)
+    tr = Trainer(lsm, objective="fivo", num_particles=2, batch_size=3, progress=False, track_posterior=True)
+    tr.fit(data, data, epochs=1)
+    assert tr.history[0]["valid_kl_per_frame"] == 0.0 and tr.history[0]["valid_active_units"] == 0
+    with pytest.raises(TypeError, match="track_posterior"):
+        Trainer(tiny_model(), track_posterior=1)

@@ -96,6 +96,7 @@ from ..models.nn import check_support
 from . import distributed as _dist
 from .annealing import KLAnnealing, as_annealing
 from .checkpoint import CHECKPOINT_NAME, atomic_save, get_rng_state, load_checkpoint, set_rng_state
+from .diagnostics import active_units, latent_kl
 from .evaluation import _pos_int, evaluate
 from .objectives import get_objective
 
@@ -316,6 +317,12 @@ class Trainer:
             training objective's particle version, i.e. ``"elbo"`` for the Pyro ELBOs, and its
             ``num_particles``).
         valid_batch_size: sequences per validation pass (default ``batch_size``).
+        track_posterior: at every validation also record how much the model uses its latent state on
+            the validation data, to watch for posterior collapse: ``valid_kl_per_frame`` (the ELBO's KL
+            term, nats per frame, :func:`~deepstate.inference.diagnostics.latent_kl`) and
+            ``valid_active_units`` (Burda et al.'s count, :func:`~deepstate.inference.diagnostics.active_units`)
+            in the epoch records. Costs two guide passes over ``valid``; draws from a forked RNG, so training
+            is unchanged.
         distributed: ``None`` (default): data-parallel over all ranks when launched by ``torchrun``
             with ``WORLD_SIZE > 1`` (or when a multi-rank process group is already initialised);
             ``False``: an ordinary single-process trainer even then; ``True``: require it.
@@ -325,7 +332,8 @@ class Trainer:
         history: list of per-epoch dicts (``epoch``, ``train_loss`` (the *mean* of the epoch's
             minibatch losses: minus the training bound per frame, annealed), ``train_bound`` and
             ``valid_bound`` in nats/frame (``None`` on epochs not validated), ``lr``, ``annealing``, ``steps``,
-            ``skipped``, ``seconds`` (of training steps) and ``elapsed`` (wall seconds in ``fit`` so far)).
+            ``skipped``, ``seconds`` (of training steps) and ``elapsed`` (wall seconds in ``fit`` so far);
+            with ``track_posterior``, ``valid_kl_per_frame`` and ``valid_active_units`` on validated epochs).
         elapsed: wall seconds spent in :meth:`fit` (steps, validation, checkpoints) over resumes.
         epoch, step_in_epoch, global_step: the position in training.
         best_valid: best validation bound so far (nats/frame) or ``None``.
@@ -371,6 +379,7 @@ class Trainer:
         loss_scale: str = "frames",
         valid_every: int = 1,
         analytic_kl: bool = False,
+        track_posterior: bool = False,
     ):
         if not isinstance(lsm, LatentSequenceModel):
             raise TypeError(f"lsm: expected a LatentSequenceModel (from deepstate.models.build), got {type(lsm).__name__}")
@@ -450,6 +459,9 @@ class Trainer:
             self.num_particles if valid_num_particles is None else valid_num_particles, "valid_num_particles")
         self.valid_batch_size = _pos_int(self.batch_size if valid_batch_size is None else valid_batch_size,
                                          "valid_batch_size")
+        if not isinstance(track_posterior, bool):
+            raise TypeError(f"track_posterior: expected a bool, got {type(track_posterior).__name__}")
+        self.track_posterior = track_posterior
 
         self.lsm = lsm.to(self.device)
         params = list(self.lsm.parameters())
@@ -1043,6 +1055,16 @@ class Trainer:
             self.save_checkpoint()
         return record
 
+    def _posterior_use(self, valid: SequenceBatch) -> dict:
+        """``track_posterior``'s record entries, from draws that leave the training RNG untouched."""
+        self.lsm.eval()
+        with torch.random.fork_rng(devices=self._rng_devices()), torch.no_grad():
+            torch.manual_seed(self._valid_seed(self.epoch) + 1)
+            valid = self._to_device(valid)
+            kl = float(latent_kl(self.lsm, valid, per_dim=False))
+            count, _ = active_units(self.lsm, valid)
+        return {"valid_kl_per_frame": kl, "valid_active_units": int(count)}
+
     def _end_epoch(self, valid: Optional[SequenceBatch]) -> None:
         a = self._accum
         lr_used = self.optimizer.param_groups[0]["lr"]
@@ -1066,6 +1088,8 @@ class Trainer:
                 res = evaluate(self.lsm, valid, **kw)
             else:  # each rank scores its share; the bound is summed over ranks (the same on all)
                 res = _dist.evaluate_distributed(self._dist, self.lsm, valid, **kw)
+            if self.track_posterior:
+                entry.update(self._posterior_use(valid))
             self.lsm.train()
             vb = res["nats_per_frame"]
             entry["valid_bound"] = vb
