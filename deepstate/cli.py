@@ -1,6 +1,6 @@
 """The ``deepstate`` command line.
 
-    deepstate demo                       fit the default model to a built-in series, print held-out bounds
+    deepstate demo                       the main job: fit, backtest, forecast and check models on sunspots; writes a report
     deepstate datasets                   list the built-in datasets and where each is found
     deepstate fit DATA --out MODEL.pt    train an Estimator on a dataset name, a CSV, .npy or .npz file; writes
                                          MODEL.config.json and MODEL.metrics.jsonl; --checkpoint-dir resumes
@@ -281,7 +281,8 @@ def _read_series(spec: str, data_dir=None):
 
 
 def _load_splits(spec: str, data_dir=None) -> dict:
-    """``{"train", "test", "valid" (or None), "likelihood", "source", "split"}`` for a data spec.
+    """``{"train", "test", "valid" (or None), "likelihood", "source", "split", "time_split"}`` for a data spec
+    (``time_split``: the test split is the end of the one training series, which it continues).
 
     A dataset name (``sunspots``, ``co2``, ``lynx_hare``, ``jsb_chorales``), a CSV (one multivariate
     series, see :func:`read_series_csv`), a ``.npy``/``.npz`` array (``[T]`` / ``[T, D]``: one series;
@@ -315,7 +316,7 @@ def _load_splits(spec: str, data_dir=None) -> dict:
         if len(seqs) == 1:
             parts = split_series(SequenceBatch.from_sequences(seqs), valid_fraction=0.0, test_fraction=0.2)
             return dict(train=parts["train"], test=parts["test"], valid=None, likelihood=likelihood, source=source,
-                        split="last 20% of steps held out")
+                        split="last 20% of steps held out", time_split=True)
         n_test = max(1, round(0.2 * len(seqs)))
         return dict(train=SequenceBatch.from_sequences(seqs[:-n_test]),
                     test=SequenceBatch.from_sequences(seqs[-n_test:]), valid=None, likelihood=likelihood,
@@ -326,7 +327,28 @@ def _load_splits(spec: str, data_dir=None) -> dict:
     parts = split_series(from_pandas(frame, as_multivariate=True), valid_fraction=0.0, test_fraction=0.2)
 
     return dict(train=parts["train"], test=parts["test"], valid=None, likelihood=likelihood,
-                source="dataset" if spec in list_datasets() else "csv", split="last 20% of steps held out")
+                source="dataset" if spec in list_datasets() else "csv", split="last 20% of steps held out",
+                time_split=True)
+
+
+def _held_out_score(est, parts: dict, objective=None, num_particles=None) -> tuple:
+    """``(nats per frame, objective, how)`` for the test split of ``parts``. The end of one series is scored
+    given the series before it (``Estimator.log_likelihood(history=...)``, the honest score of a forecaster);
+    separate test sequences each from the model's initial state. ``objective`` defaults to ``"exact"`` for a
+    model fitted by exact maximum likelihood, else ``"fivo"``."""
+    objective = objective or ("exact" if est.objective == "exact" else "fivo")
+    if objective == "exact" and not hasattr(est.model_.ssm, "log_likelihood"):
+        raise CLIError(f"--objective: 'exact' needs a model with an exact likelihood (lgssm, deepstate), "
+                       f"this one is {est.model!r}")
+    test = parts["test"]
+    if parts.get("time_split"):
+        history = parts["train"]
+        value = est.log_likelihood(test, objective=objective, num_particles=num_particles, history=history)
+        how = f"given the {int(history.lengths[0])} steps before them"
+    else:
+        value = est.log_likelihood(test, objective=objective, num_particles=num_particles)
+        how = "each sequence from the model's initial state"
+    return value, objective, how
 
 
 def _load_data(spec: str, data_dir=None):
@@ -516,13 +538,16 @@ def _cmd_fit(args):
     from deepstate.inference.distributed import is_main_process
 
     train, test = parts["train"], parts["test"]
-    valid = parts["valid"] if parts["valid"] is not None else test
+    valid, holdout, validation = parts["valid"], 0, None
     likelihood = args.likelihood or parts["likelihood"]
     est = Estimator(args.model, likelihood=likelihood, objective=args.objective, num_particles=args.num_particles,
                     seed=args.seed, **hyper)
     exact = est.objective == "exact"
     if exact and args.checkpoint_dir is not None:
         raise CLIError("--checkpoint-dir: the exact objective (L-BFGS maximum likelihood) does not checkpoint")
+    if args.validate:
+        train, valid, holdout, validation = _validation_split(train, valid, args.window, exact)
+        print(f"validation: {validation}")
     position = _checkpoint_position(args.checkpoint_dir)
     if position is not None:
         path, epoch, step = position
@@ -533,19 +558,24 @@ def _cmd_fit(args):
             print(f"resumed from {path} at {at}; training to epoch {args.epochs}")
     elif os.path.exists(metrics_path) and is_main_process():
         os.unlink(metrics_path)  # a fresh run starts a fresh log (a resumed one appends)
-    window = args.window if train.batch_size == 1 else None
+    # one long series is cut into windows for the deep models (else one optimiser step per epoch); the exact
+    # Kalman likelihood takes the whole series
+    window = args.window if train.batch_size == 1 and not exact else None
+    stride = min(args.stride, args.window) if window is not None else None
     trainer_kwargs = {} if exact else {"metrics_path": metrics_path}
+    if holdout:
+        trainer_kwargs["holdout"] = holdout
     t0 = time.perf_counter()
     est.fit(train, valid_data=valid if args.validate else None, epochs=args.epochs, lr=args.lr,
-            batch_size=args.batch_size, progress=not args.quiet, window=window, checkpoint_dir=args.checkpoint_dir,
-            **trainer_kwargs)
+            batch_size=args.batch_size, progress=not args.quiet, window=window, stride=stride,
+            checkpoint_dir=args.checkpoint_dir, **trainer_kwargs)
     seconds = time.perf_counter() - t0
     if not is_main_process():  # under torchrun, rank 0 alone saves the model and reports
         return 0
     if exact:  # L-BFGS has no Trainer: log its iterations in the same JSON-lines form
         _write_atomic(metrics_path, "".join(json.dumps({"kind": "epoch", **rec}) + "\n" for rec in est.history_))
     est.save(args.out)
-    bound = est.log_likelihood(test)
+    bound, score_objective, score_how = _held_out_score(est, parts)
     params = est.get_params()
     params["dtype"] = str(est.dtype).replace("torch.", "")
     config = {
@@ -560,20 +590,50 @@ def _cmd_fit(args):
         "data": {"spec": args.data, "source": parts["source"],
                  "path": os.path.abspath(args.data) if os.path.isfile(args.data) else None,
                  "data_dir": args.data_dir, "likelihood": est.likelihood, "split": parts["split"],
-                 "train": _batch_summary(train), "valid": _batch_summary(parts["valid"]), "test": _batch_summary(test),
+                 "train": _batch_summary(train), "valid": _batch_summary(valid if args.validate else parts["valid"]),
+                 "test": _batch_summary(test),
                  "input_dim": est.input_dim_},
         "training": {"epochs": args.epochs, "epochs_done": len(est.history_), "lr": args.lr,
                      "batch_size": args.batch_size, "window": window, "window_option": args.window,
-                     "validate": bool(args.validate), "seed": args.seed,
+                     "stride": stride, "validate": bool(args.validate), "validation": validation, "seed": args.seed,
                      "checkpoint_dir": None if args.checkpoint_dir is None else os.path.abspath(args.checkpoint_dir),
                      "resumed_from_epoch": None if position is None else position[1], "seconds": round(seconds, 3)},
-        "result": {"held_out_bound": bound, "unit": "nats/frame", "objective": est.objective},
+        "result": {"held_out_bound": bound, "unit": "nats/frame", "objective": score_objective,
+                   "num_particles": None if score_objective == "exact" else est.num_particles,
+                   "scored": score_how, "training_objective": est.objective},
         "files": {"model": os.path.abspath(args.out), "metrics": os.path.abspath(metrics_path)},
     }
     _write_atomic(config_path, json.dumps(config, indent=2, default=str) + "\n")
-    print(f"saved {args.out}; held-out bound {bound:.4f} nats/frame")
+    what = "log-likelihood (exact)" if score_objective == "exact" else f"bound ({score_objective}, N = {est.num_particles})"
+    print(f"saved {args.out}; held-out {what} {bound:.4f} nats/frame over {test.num_frames} test frames, {score_how}")
     print(f"wrote {config_path} (resolved configuration) and {metrics_path} (metrics log)")
     return 0
+
+
+def _validation_split(train, valid, window: int, exact: bool):
+    """``(train, valid, holdout, description)`` for ``fit --validate``. The data's own validation split
+    when it has one; otherwise a part of the training data, never the test split (which would then
+    choose the epoch it is scored on): for several sequences the last tenth of them (at least one);
+    for one series its last ``window`` steps -- for the exact models scored given the rest (L-BFGS
+    early stopping on the conditional likelihood, ``Estimator.fit(holdout=...)``), for the deep
+    models cut off as a fresh sequence like the training windows."""
+    if valid is not None:
+        return train, valid, 0, "the data's own validation split"
+    if train.batch_size > 1:
+        n = max(1, round(0.1 * train.batch_size))
+        keep = list(range(train.batch_size - n))
+        return train[keep], train[list(range(train.batch_size - n, train.batch_size))], 0, \
+            f"the last {n} of the {train.batch_size} training sequences (not trained on)"
+    T = int(train.lengths[0])
+    if T < 3 * window:
+        raise CLIError(f"--validate: the training series has {T} steps, too short to hold out --window {window} "
+                       f"steps for validation (needs at least {3 * window}); pass a smaller --window")
+    if exact:
+        return train, None, window, f"the last {window} training steps, scored given the earlier ones"
+    from deepstate.data import split_series
+
+    parts = split_series(train, valid_fraction=window / T, test_fraction=0.0)
+    return parts["train"], parts["valid"], 0, f"the last {window} training steps (not trained on)"
 
 
 def _hyper(pairs):
@@ -595,9 +655,10 @@ def _hyper(pairs):
 
 def _cmd_evaluate(args):
     est = _load_model(args.model_path)
-    _, test, _ = _load_data(args.data, args.data_dir)
-    value = est.log_likelihood(test, objective=args.objective, num_particles=args.num_particles)
-    print(f"{args.objective}({args.num_particles}) bound: {value:.4f} nats/frame over {test.num_frames} frames")
+    parts = _load_splits(args.data, args.data_dir)
+    value, objective, how = _held_out_score(est, parts, args.objective, args.num_particles)
+    what = "exact log-likelihood" if objective == "exact" else f"{objective}({args.num_particles}) bound"
+    print(f"{what}: {value:.4f} nats/frame over {parts['test'].num_frames} frames, {how}")
     return 0
 
 
@@ -774,7 +835,7 @@ _MAIN_EPILOG = """\
 example workflow:
   deepstate datasets                                    # what is built in, and where files are found
   deepstate fit sunspots --out m.pt --epochs 50         # also writes m.config.json, m.metrics.jsonl
-  deepstate evaluate m.pt sunspots                      # held-out bound in nats per step
+  deepstate evaluate m.pt sunspots                      # held-out bound in nats per frame (per year here)
   deepstate forecast m.pt sunspots --horizon 10 --out fc.csv --plot fan.png
   deepstate backtest m.pt sunspots --horizon 10 --origins 30 --season 11 --out scores.csv
   deepstate check m.pt sunspots --out ppc/              # posterior predictive check
@@ -800,7 +861,8 @@ def _parser():
                                    "checks, and write figures and a plain-words report into --out.",
                        epilog="example: deepstate demo --out deepstate-report")
     d.add_argument("--out", default="deepstate-report", help="output folder (default: deepstate-report)")
-    d.add_argument("--epochs", type=int, default=150, help="at most this many deep-model epochs (early stopping)")
+    d.add_argument("--epochs", type=int, default=150,
+                   help="at most this many deep-model epochs (early stopping; default 150)")
     d.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     d.add_argument("--quiet", action="store_true", help="no progress bars")
     d.set_defaults(func=_cmd_demo)
@@ -834,16 +896,25 @@ def _parser():
     f.add_argument("--likelihood", default=None,
                    help="gaussian, studentt, bernoulli or poisson (default: bernoulli for piano rolls and boolean "
                         "arrays, else gaussian)")
-    f.add_argument("--objective", default="fivo", help="fivo (default), iwae, particle_elbo, elbo, meanfield_elbo, "
-                                                        "or exact (lgssm, deepstate)")
-    f.add_argument("--num-particles", type=_pos_int, default=4)
+    f.add_argument("--objective", default="fivo",
+                   help="fivo (default), iwae or particle_elbo: particle bounds on deepstate's fast path; elbo or "
+                        "meanfield_elbo: Pyro's Trace_ELBO / TraceMeanField_ELBO on the Pyro model and guide "
+                        "(slower); exact: maximum likelihood by L-BFGS (lgssm, deepstate)")
+    f.add_argument("--num-particles", type=_pos_int, default=4, help="particles of the training objective (default 4)")
     f.add_argument("--epochs", type=_pos_int, default=20, help="total epochs (counting resumed ones; default 20)")
-    f.add_argument("--lr", type=_pos_float, default=1e-3)
-    f.add_argument("--batch-size", type=_pos_int, default=20)
-    f.add_argument("--window", type=_pos_int, default=40, help="window length for a single long series (default 40)")
+    f.add_argument("--lr", type=_pos_float, default=1e-3, help="Adam learning rate (default 0.001)")
+    f.add_argument("--batch-size", type=_pos_int, default=20, help="sequences (or windows) per minibatch (default 20)")
+    f.add_argument("--window", type=_pos_int, default=40,
+                   help="one long series is cut into windows of this many steps (default 40)")
+    f.add_argument("--stride", type=_pos_int, default=4,
+                   help="steps between the windows' starts (default 4: overlapping windows; --stride 40 with the "
+                        "default window gives disjoint ones)")
     f.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="model hyperparameter, e.g. --set z_dim=8 --set rnn_dim=64 (repeatable)")
-    f.add_argument("--validate", action="store_true", help="track the held-out bound and keep the best epoch")
+    f.add_argument("--validate", action="store_true",
+                   help="track a validation bound and keep the best epoch: the data's validation split, else the "
+                        "last tenth of the training sequences or, for one series, its last --window steps (never "
+                        "the test split)")
     f.add_argument("--checkpoint-dir", default=None, metavar="DIR",
                    help="checkpoint every epoch into DIR; a rerun with the same DIR resumes")
     f.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
@@ -851,13 +922,18 @@ def _parser():
     f.set_defaults(func=_cmd_fit)
 
     e = sub.add_parser("evaluate", help="held-out bound of a saved model on DATA's test split",
-                       description="Estimate log p(test split of DATA) per frame with a particle bound.",
+                       description="Estimate log p(test split of DATA) per frame: a particle bound, or the exact "
+                                   "Kalman log-likelihood. The end of one series (a dataset name, a CSV, a one-series "
+                                   ".npy) is scored given the steps before it, as a forecaster is; separate test "
+                                   "sequences each from the model's initial state.",
                        epilog="example: deepstate evaluate m.pt sunspots --objective iwae --num-particles 256",
                        formatter_class=_RAW)
     e.add_argument("model_path", metavar="MODEL.pt", help="a model saved by `deepstate fit` (or Estimator.save)")
     e.add_argument("data", help="dataset name, CSV, .npy or .npz file (its test split is scored)")
-    e.add_argument("--objective", default="fivo", choices=["fivo", "iwae", "elbo"])
-    e.add_argument("--num-particles", type=_pos_int, default=128)
+    e.add_argument("--objective", default=None, choices=["fivo", "iwae", "elbo", "exact"],
+                   help="the bound: fivo, iwae, elbo (the particle ELBO) or exact (lgssm, deepstate); default: "
+                        "exact for a model fitted with --objective exact, else fivo")
+    e.add_argument("--num-particles", type=_pos_int, default=128, help="particles per sequence (default 128)")
     e.set_defaults(func=_cmd_evaluate)
 
     g = sub.add_parser("sample", help="generate sequences (CSV, or MIDI for piano rolls)",
@@ -866,8 +942,8 @@ def _parser():
                               "--prefix jsb_chorales --prefix-steps 16",
                        formatter_class=_RAW)
     g.add_argument("model_path", metavar="MODEL.pt", help="a model saved by `deepstate fit` (or Estimator.save)")
-    g.add_argument("--num-sequences", type=_pos_int, default=1)
-    g.add_argument("--length", type=_pos_int, default=50)
+    g.add_argument("--num-sequences", type=_pos_int, default=1, help="sequences to generate (default 1)")
+    g.add_argument("--length", type=_pos_int, default=50, help="steps per sequence (default 50)")
     g.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
     g.add_argument("--out", default=None, help="CSV file (default: stdout, unless --midi is given)")
     g.add_argument("--midi", default=None, metavar="DIR",
@@ -911,7 +987,7 @@ def _parser():
     fc.add_argument("--num-samples", type=_pos_int, default=1000, help="sample paths (default 1000)")
     fc.add_argument("--out", required=True, help="CSV: mean and quantile columns (q0.1 = 10%% quantile)")
     fc.add_argument("--plot", default=None, help="PNG fan chart (several sequences: PLOT_<i>.png)")
-    fc.add_argument("--plot-history", type=_pos_int, default=100, help="history steps shown in the fan chart")
+    fc.add_argument("--plot-history", type=_pos_int, default=100, help="history steps shown in the fan chart (default 100)")
     fc.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
     fc.set_defaults(func=_cmd_forecast)
 
@@ -928,13 +1004,19 @@ def _parser():
     bt.add_argument("--origins", type=_pos_int, default=30, help="number of forecast origins K, the last K possible (default 30)")
     bt.add_argument("--season", type=_pos_int, default=None, help="season length (seasonal naive baseline and MASE)")
     bt.add_argument("--levels", default="0.5,0.8,0.95", help="central interval levels scored (default 0.5,0.8,0.95)")
-    bt.add_argument("--sarimax-order", default="2,0,0", help="p,d,q of the SARIMAX baseline")
+    bt.add_argument("--sarimax-order", default="2,0,0", help="p,d,q of the SARIMAX baseline (default 2,0,0)")
     bt.add_argument("--num-samples", type=_pos_int, default=500, help="sample paths per origin (default 500)")
     bt.add_argument("--out", required=True, help="CSV of per-origin scores")
     bt.add_argument("--plot", default=None, help="PNG of the summary scores")
     bt.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
     bt.add_argument("--quiet", action="store_true", help="no progress bars")
     bt.set_defaults(func=_cmd_backtest)
+    # --data-dir is accepted after the command too (`deepstate fit jsb_chorales --data-dir X`); SUPPRESS keeps a
+    # value given before the command when it is not repeated after it
+    for name, cmd in sub.choices.items():
+        if name not in ("demo",):
+            cmd.add_argument("--data-dir", default=argparse.SUPPRESS, metavar="DIR",
+                             help="folder with data files (default: $DEEPSTATE_DATA, then the user cache)")
     return p
 
 

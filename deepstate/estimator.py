@@ -122,7 +122,7 @@ class Estimator:
     """A deep state-space model with a fit / log_likelihood / sample / save / load interface.
 
     Args:
-        model: ``"dkf"`` (alias ``"dmm"``), ``"vrnn"``, ``"srnn"`` or ``"lgssm"``.
+        model: ``"dkf"`` (alias ``"dmm"``), ``"vrnn"``, ``"srnn"``, ``"deepstate"`` or ``"lgssm"``.
         likelihood: ``"gaussian"``, ``"studentt"``, ``"bernoulli"`` or ``"poisson"``.
         objective: training objective: ``"fivo"``, ``"iwae"``, ``"particle_elbo"``, ``"elbo"``,
             ``"meanfield_elbo"`` (see :mod:`deepstate.inference.trainer`), or ``"exact"`` for the

@@ -37,8 +37,6 @@
 # `DEEPSTATE_FAST=1` runs small sizes (seconds); without it more sequences, replicates and training.
 
 # %%
-import os
-from pathlib import Path
 
 from deepstate.notebook import notebook_setup
 

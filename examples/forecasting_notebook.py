@@ -27,9 +27,12 @@
 #
 # Run it as a script (`python examples/forecasting_notebook.py`) or as a notebook
 # (`jupytext --to notebook --execute examples/forecasting_notebook.py`). `DEEPSTATE_FAST=1` runs a
-# tiny version in well under a minute (numbers are then meaningless); without it the sizes are
-# those of `benchmarks/backtest.py` (a few minutes on 2 CPU cores). Figures go to
-# `$DEEPSTATE_OUT` (default `notebook-out/forecasting`).
+# tiny version in well under a minute (numbers are then meaningless); without it the models are
+# full-size (a few minutes on 2 CPU cores): a DKF with z = 8 and an LGSSM with z = 2 fitted to
+# convergence. These are not the tuned forecasters of BENCHMARKS.md's backtest tables (there the
+# calibrated LGSSM has z = 3 and is early-stopped on held-out years, `Estimator.fit(holdout=40)`),
+# so expect narrower-than-nominal intervals here. Figures go to `$DEEPSTATE_OUT` (default
+# `notebook-out/forecasting`).
 
 # %%
 import time
@@ -37,7 +40,6 @@ from deepstate.notebook import notebook_setup
 
 FAST, OUT, display, show = notebook_setup("forecasting")  # fast mode, output folder, tables
 import matplotlib.pyplot as plt
-import numpy as np
 import pandas as pd
 import torch
 

@@ -222,12 +222,52 @@ def test_npy_sequences_forecast_each(work):
 
 
 def test_npz_splits_fit_and_evaluate(work):
+    """With no validation array, --validate holds out the last training sequence, never the test split."""
     r = run("fit", "splits.npz", "--out", "npz.pt", *TINY, "--validate", cwd=work)
     assert r.returncode == 0, r.stderr
-    data = json.loads((work / "npz.config.json").read_text())["data"]
-    assert data["source"] == "npz" and data["train"]["sequences"] == 4 and data["test"]["sequences"] == 2
+    assert "validation: the last 1 of the 4 training sequences (not trained on)" in r.stdout
+    config = json.loads((work / "npz.config.json").read_text())
+    data = config["data"]
+    assert data["source"] == "npz" and data["test"]["sequences"] == 2
+    assert data["train"]["sequences"] == 3 and data["valid"]["sequences"] == 1
+    assert config["result"]["scored"] == "each sequence from the model's initial state"
     r = run("evaluate", "npz.pt", "splits.npz", "--num-particles", "4", cwd=work)
     assert r.returncode == 0 and "nats/frame over 50 frames" in r.stdout, r.stderr
+
+
+def test_one_series_is_validated_on_its_training_end_and_scored_given_its_past(work):
+    """A single series: overlapping training windows (--stride), validation on the last --window training
+    steps, and the held-out end scored given the whole training series before it."""
+    r = run("fit", "series.npy", "--out", "one.pt", *TINY, "--validate", "--window", "10", "--stride", "2",
+            "--num-particles", "64", cwd=work)
+    assert r.returncode == 0, r.stderr
+    assert "validation: the last 10 training steps (not trained on)" in r.stdout
+    config = json.loads((work / "one.config.json").read_text())
+    # 80 steps: 64 before the held-out 16, of which the last 10 validate and 54 are trained on
+    assert config["data"]["train"]["frames"] == 54 and config["data"]["valid"]["frames"] == 10
+    assert config["training"]["stride"] == 2 and config["result"]["scored"] == "given the 64 steps before them"
+    r = run("fit", "series.npy", "--out", "short.pt", *TINY, "--validate", "--window", "30", cwd=work)
+    assert "--validate" in one_line_error(r)  # 64 training steps cannot spare 30 and still make windows
+
+
+def test_exact_fit_takes_the_whole_series_and_reports_the_exact_score(work):
+    r = run("fit", "series.npy", "--out", "lg.pt", "--model", "lgssm", "--objective", "exact", "--epochs", "5",
+            "--quiet", "--validate", "--window", "10", cwd=work)
+    assert r.returncode == 0, r.stderr
+    assert "validation: the last 10 training steps, scored given the earlier ones" in r.stdout
+    config = json.loads((work / "lg.config.json").read_text())
+    assert config["training"]["window"] is None and config["result"]["objective"] == "exact"
+    held_out = config["result"]["held_out_bound"]
+    r = run("evaluate", "lg.pt", "series.npy", cwd=work)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(f"exact log-likelihood: {held_out:.4f} nats/frame over 16 frames, given the 64")
+    r = run("evaluate", "m.pt", "sunspots", "--objective", "exact", cwd=work)
+    assert "exact likelihood" in one_line_error(r)
+
+
+def test_data_dir_is_accepted_after_the_command(work, tmp_path):
+    r = run("datasets", "--data-dir", tmp_path, cwd=work)
+    assert r.returncode == 0 and str(tmp_path) in r.stdout, r.stderr
 
 
 # ------------------------------------------------------------------ help

@@ -7,7 +7,7 @@ import pytest
 import statsmodels.api as sm
 import torch
 
-from deepstate.data import from_numpy, from_pandas
+from deepstate.data import from_numpy
 from deepstate.data.synthetic import simulate_lgssm
 from deepstate.estimator import Estimator
 from deepstate.forecasting import forecast, latent_trajectories, one_step_ahead

@@ -2,7 +2,6 @@
 (``observed_channel=False``) and a learned initial RNN state (``learn_h0=True``)."""
 
 import torch
-from torch import nn
 
 from deepstate.data import SequenceBatch
 from deepstate.models.dkf import StructuredInferenceGuide

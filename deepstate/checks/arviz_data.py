@@ -23,7 +23,7 @@ integers so that ArviZ treats it as discrete (histograms instead of KDEs in ``pl
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 

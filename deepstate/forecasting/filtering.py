@@ -20,7 +20,6 @@ sequence's last step are only defined for sequences that end at the batch's last
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
 
 import torch
 

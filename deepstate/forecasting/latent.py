@@ -20,7 +20,7 @@ r"""Filtered and smoothed latent trajectories with uncertainty.
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 import torch

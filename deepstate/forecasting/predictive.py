@@ -25,7 +25,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
-import numpy as np
 import torch
 
 from ..data import SequenceBatch

@@ -453,7 +453,8 @@ class Trainer:
         self.max_bad_steps = _pos_int(max_bad_steps, "max_bad_steps")
         vo = valid_objective if valid_objective is not None else ("elbo" if self.is_pyro else objective)
         if vo not in ("fivo", "iwae", "elbo", "particle_elbo"):
-            raise ValueError(f"valid_objective: expected 'fivo', 'iwae' or 'elbo', got {valid_objective!r}")
+            raise ValueError(f"valid_objective: expected 'fivo', 'iwae', 'elbo' or 'particle_elbo' (the same), "
+                             f"got {valid_objective!r}")
         self.valid_objective = vo
         self.valid_num_particles = _pos_int(
             self.num_particles if valid_num_particles is None else valid_num_particles, "valid_num_particles")
