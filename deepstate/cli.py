@@ -419,6 +419,10 @@ def _cmd_backtest(args):
     if test_size >= len(frame):
         raise CLIError(f"--origins: {args.origins} origins at horizon {args.horizon} need more than {test_size} steps; "
                        f"the series has {len(frame)}")
+    in_sample = _in_sample_origins(args.model_path, args.data, len(frame) - test_size, args.origins)
+    if in_sample:
+        print(f"note: the first {in_sample} of the {args.origins} origins lie in the part of {args.data} the model "
+              f"was fitted on: their scores are in-sample (fewer --origins keep to the held-out part)")
     res = backtest(est, frame, args.horizon, test_size=test_size, levels=_levels(args.levels), season=args.season,
                    num_samples=args.num_samples, order=order, seed=args.seed, progress=not args.quiet)
     _write_atomic(args.out, res.per_origin.to_csv(index=False, float_format="%.6g"))
@@ -430,6 +434,23 @@ def _cmd_backtest(args):
         res.plot(path=args.plot)
         print(f"wrote the score plot to {args.plot}")
     return 0
+
+
+def _in_sample_origins(model_path: str, data: str, first_origin: int, origins: int) -> int:
+    """How many backtest origins (from step ``first_origin`` on) precede the test part the model was held
+    out from, as its ``MODEL.config.json`` records for the same DATA (0 when unknown)."""
+    import json
+
+    config_path, _ = _sidecar_paths(model_path)
+    try:
+        with open(config_path, encoding="utf-8") as f:
+            recorded = json.load(f).get("data", {})
+    except (OSError, ValueError, AttributeError):
+        return 0
+    start = recorded.get("test_starts_at")
+    if recorded.get("spec") != data or not isinstance(start, int):
+        return 0
+    return max(0, min(origins, start - first_origin))
 
 
 def _cmd_datasets(args):
@@ -590,6 +611,7 @@ def _cmd_fit(args):
         "data": {"spec": args.data, "source": parts["source"],
                  "path": os.path.abspath(args.data) if os.path.isfile(args.data) else None,
                  "data_dir": args.data_dir, "likelihood": est.likelihood, "split": parts["split"],
+                 "test_starts_at": int(parts["train"].lengths[0]) if parts.get("time_split") else None,
                  "train": _batch_summary(train), "valid": _batch_summary(valid if args.validate else parts["valid"]),
                  "test": _batch_summary(test),
                  "input_dim": est.input_dim_},
@@ -1041,6 +1063,11 @@ def main(argv=None) -> int:
         except CLIError as err:
             print(f"deepstate: {err}", file=sys.stderr)
             return 2
+        except BrokenPipeError:
+            # the reader went away (`deepstate sample m.pt | head`): not an error of ours. Point stdout at
+            # devnull so that the interpreter's final flush does not fail again at exit.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
         except (ValueError, TypeError, LookupError, OSError) as err:
             print(f"deepstate: {_error_line(err)}", file=sys.stderr)
             return 2

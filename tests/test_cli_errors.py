@@ -279,3 +279,31 @@ def test_every_command_help_has_an_example():
     for cmd in COMMANDS:
         r = run(cmd, "--help")
         assert r.returncode == 0 and "example" in r.stdout, cmd
+
+
+def test_backtest_says_which_origins_are_in_sample(work):
+    """series.npy: 80 steps, a model fitted on the first 64; 8 origins at horizon 15 start at step 58, so the
+    first 6 are in-sample; 2 origins start at step 64, none is."""
+    r = run("fit", "series.npy", "--out", "bt.pt", *TINY, cwd=work)
+    assert r.returncode == 0, r.stderr
+    r = run("backtest", "bt.pt", "series.npy", "--horizon", "15", "--origins", "8", "--num-samples", "20",
+            "--out", "bt.csv", "--quiet", cwd=work)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("note: the first 6 of the 8 origins lie in the part of series.npy the model was fitted")
+    r = run("backtest", "bt.pt", "series.npy", "--horizon", "15", "--origins", "2", "--num-samples", "20",
+            "--out", "bt.csv", "--quiet", cwd=work)
+    assert r.returncode == 0 and "note:" not in r.stdout, r.stderr
+
+
+def test_a_closed_pipe_is_not_an_error(work):
+    """`deepstate datasets | head -1`: the reader leaves early and writing raises BrokenPipeError; exit 0,
+    nothing on stderr (not "deepstate: [Errno 32] Broken pipe"). A stdout that always raises stands in for
+    the closed pipe, so the test does not depend on timing."""
+    code = ("import sys\nimport deepstate.cli as cli\n"
+            "class ClosedPipe:\n"
+            "    def write(self, text): raise BrokenPipeError(32, 'Broken pipe')\n"
+            "    def flush(self): pass\n"
+            "    def fileno(self): return 1\n"
+            "sys.stdout = ClosedPipe()\nsys.exit(cli.main(['datasets']))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=work, timeout=120)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
