@@ -138,6 +138,24 @@ ROWS = {
         anchor_elbo=None, anchor_nll=None) for obj in ("elbo", "fivo")},
 }
 
+#: ablation of the ELBO-trained reference VRNN's posterior collapse (BENCHMARKS.md): the ``vrnn_elbo`` row with
+#: one setting changed, hypothesis by hypothesis (the proposal starting at the prior; the emission starting at
+#: the notes' frequencies; one sample instead of four), each recording the validation KL and active units at
+#: every validation (``Trainer(track_posterior=True)``). Meant for a short budget (``--minutes 30``).
+VRNN_ELBO_ABLATIONS = {
+    "reference": ({}, {}),
+    "no_residual": ({"residual": False}, {}),
+    "no_offsets": ({"data_offsets": False}, {"init_from_data": False}),
+    "4_samples": ({}, {"num_particles": 4, "valid_num_particles": 1}),
+}
+ROWS.update({
+    f"ablate_vrnn_elbo_{name}": dict(
+        ROWS["vrnn_elbo"], hyper=dict(FIVO_VRNN, **hyper), track_posterior=True, anchor_elbo=None,
+        published="ablation of vrnn_elbo's collapse (not a published row): " + (
+            ", ".join(f"{k}={v}" for k, v in {**hyper, **row}.items() if k != "valid_num_particles")
+            or "the vrnn_elbo settings"), **row)
+    for name, (hyper, row) in VRNN_ELBO_ABLATIONS.items()})
+
 TRAINER_KEYS = ("objective", "num_particles", "batch_size", "annealing", "optimizer", "optimizer_args", "lr",
                 "clip_norm", "loss_scale", "bucket_by_length", "analytic_kl")
 
@@ -169,7 +187,8 @@ def parse_run(label: str) -> tuple:
     return name, int(seed or 0)
 
 
-def make_trainer(name: str, row: dict, out: Path, seed: int, patience: int, valid_every: int):
+def make_trainer(name: str, row: dict, out: Path, seed: int, patience: int, valid_every: int,
+                 track_posterior: bool = False):
     from deepstate.inference import Trainer
 
     lsm = build_row(row, seed)
@@ -178,7 +197,8 @@ def make_trainer(name: str, row: dict, out: Path, seed: int, patience: int, vali
     return Trainer(lsm, checkpoint_dir=d, metrics_path=d / "metrics.jsonl", seed=seed,
                    valid_objective=row.get("valid_objective", "elbo"),
                    valid_num_particles=row.get("valid_num_particles", 1), valid_every=valid_every,
-                   early_stopping_patience=patience, progress=False, checkpoint_every=200, **kw)
+                   early_stopping_patience=patience, progress=False, checkpoint_every=200,
+                   track_posterior=bool(track_posterior or row.get("track_posterior", False)), **kw)
 
 
 def log(msg: str) -> None:
@@ -256,7 +276,7 @@ def train_row(args) -> int:
     out = Path(args.out)
     run_dir(out, name, args.seed).mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
-    trainer = make_trainer(name, row, out, args.seed, args.patience, args.valid_every)
+    trainer = make_trainer(name, row, out, args.seed, args.patience, args.valid_every, args.track_posterior)
     if row.get("init_from_data"):  # a resumed run's checkpoint then restores the same offsets
         trainer.lsm.ssm.init_from_data(data["train"])
     epochs = args.epochs or row["epochs"]
@@ -350,6 +370,47 @@ def plot_objectives(out: Path, rows: list, path: str) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle("JSB chorales: rows trained with different objectives (lower is better)")
+    save_figure(fig, path)
+    print(f"wrote {path}")
+
+
+def plot_posterior(out: Path, rows: list, path: str) -> None:
+    """Two panels for runs that recorded it (``track_posterior``): the validation KL per frame and the
+    active units against wall-clock minutes, i.e. when (and whether) each posterior collapses."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from deepstate.plots._save import save_figure
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.4), constrained_layout=True)
+    drawn = 0
+    for name in rows:
+        ck_path = run_dir(out, *parse_run(name)) / "checkpoint.pt"
+        if not ck_path.is_file():
+            continue
+        ck = torch.load(ck_path, map_location="cpu", weights_only=False)
+        pts = [(h["elapsed"] / 60, h["valid_kl_per_frame"], h["valid_active_units"]) for h in ck["history"]
+               if h.get("valid_kl_per_frame") is not None and h.get("elapsed") is not None]
+        if not pts:
+            continue
+        drawn += 1
+        minutes, kl, active = zip(*pts)
+        ax1.plot(minutes, kl, marker=".", label=name)
+        ax2.plot(minutes, active, marker=".", label=name)
+    if not drawn:
+        plt.close(fig)
+        raise ValueError(f"--plot-posterior: none of {rows} recorded the KL (train them with --track-posterior)")
+    ax1.set_yscale("symlog", linthresh=1e-3)  # a collapsed posterior's KL of 1e-4 and a used one's 1 on one axis
+    ax1.set_ylabel("validation KL(q || p), nats per frame")
+    ax2.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax2.set_ylabel("active latent units (Burda et al.)")
+    for ax in (ax1, ax2):
+        ax.set_xlabel("wall-clock minutes of training (2-core CPU)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle("JSB chorales: how much each run uses its latent state (near 0: a collapsed posterior)")
     save_figure(fig, path)
     print(f"wrote {path}")
 
@@ -460,6 +521,8 @@ def report(args) -> int:
         print(f"wrote {args.plot}")
     if args.plot_objectives:
         plot_objectives(out, args.row_plot, args.plot_objectives)
+    if args.plot_posterior:
+        plot_posterior(out, args.row_plot, args.plot_posterior)
     return 0
 
 
@@ -472,7 +535,10 @@ def main(argv=None) -> int:
     ap.add_argument("--plot-objectives", default=None,
                     help="with --report: PNG of each --row-plot row's training bound per epoch and validation "
                          "bound (the row's selection bound) per minute (rows trained with different objectives)")
-    ap.add_argument("--row-plot", default="dmm", help="with --plot / --plot-objectives: comma-separated runs to draw, ROW or ROW-seedN "
+    ap.add_argument("--plot-posterior", default=None,
+                    help="with --report: PNG of each --row-plot run's validation KL per frame and active units per "
+                         "minute (runs trained with --track-posterior, e.g. the ablate_vrnn_elbo_* rows)")
+    ap.add_argument("--row-plot", default="dmm", help="with --plot / --plot-objectives / --plot-posterior: comma-separated runs to draw, ROW or ROW-seedN "
                          "(default dmm)")
     ap.add_argument("--out", default="runs/jsb", help="folder for checkpoints, logs and results (default runs/jsb)")
     ap.add_argument("--data-dir", default=os.environ.get("DEEPSTATE_DATA"), help="folder with jsb_chorales.pickle")
@@ -483,6 +549,9 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the initial parameters, minibatch order and draws (default 0); a seed other "
                          "than 0 runs in <out>/<row>-seed<N>, and --report adds the mean and sd over seeds")
+    ap.add_argument("--track-posterior", action="store_true",
+                    help="record the validation KL per frame and active units at every validation (the "
+                         "ablate_* rows always do)")
     ap.add_argument("--evaluate-only", action="store_true", help="evaluate the checkpoint's best epoch again")
     ap.add_argument("--collapse", action="store_true",
                     help="print the test KL per frame and active units of the row's best parameters (posterior "
@@ -505,11 +574,11 @@ def main(argv=None) -> int:
             settings = {k: row[k] for k in TRAINER_KEYS if k in row}
             print(f"{name}: {row['model']} {row['hyper']} guide={row['guide']} {settings}\n    published: {row['published']}")
         return 0
-    if args.report:
-        return report(args)
-    if args.row is None:
+    if args.row is None and not args.report:
         ap.error("give a row (see --list), --list or --report")
     try:
+        if args.report:
+            return report(args)
         return collapse_row(args) if args.collapse else train_row(args)
     except (FileNotFoundError, ValueError) as err:  # missing data, a checkpoint of another row: one line
         print(f"jsb.py: {err}", file=sys.stderr)

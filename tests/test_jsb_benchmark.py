@@ -132,6 +132,39 @@ def test_seeds_run_apart_and_are_summarised(jsb, data_dir, tmp_path, monkeypatch
         jsb.parse_run("nope-seed1")
 
 
+@pytest.mark.data
+def test_ablation_rows_record_posterior_use_and_plot_it(jsb, data_dir, tmp_path, monkeypatch, capsys):
+    """Each ablate_vrnn_elbo_* row is vrnn_elbo with one change; a (tiny) one records the validation KL and
+    active units at every validation, and --plot-posterior draws them; a run without them is refused."""
+    ref = jsb.ROWS["vrnn_elbo"]
+    changed = {name: {k for k in set(row) | set(ref) if k != "published" and row.get(k) != ref.get(k)}
+               for name, row in jsb.ROWS.items() if name.startswith("ablate_vrnn_elbo_")}
+    assert changed == {"ablate_vrnn_elbo_reference": {"track_posterior", "anchor_elbo"},
+                       "ablate_vrnn_elbo_no_residual": {"hyper", "track_posterior", "anchor_elbo"},
+                       "ablate_vrnn_elbo_no_offsets": {"hyper", "track_posterior", "anchor_elbo", "init_from_data"},
+                       "ablate_vrnn_elbo_4_samples": {"track_posterior", "anchor_elbo", "num_particles"}}
+    assert jsb.ROWS["ablate_vrnn_elbo_no_residual"]["hyper"] == dict(ref["hyper"], residual=False)
+    small = {"ablate_vrnn_elbo_no_residual": dict(z_dim=2, rnn_dim=4, feature_dim=4),
+             "dmm": dict(z_dim=2, rnn_dim=4, transition_dim=4, emission_dim=4)}
+    for name in ("ablate_vrnn_elbo_no_residual", "dmm"):
+        row = jsb.ROWS[name]
+        monkeypatch.setitem(jsb.ROWS, name, dict(row, hyper=dict(row["hyper"], **small[name]), epochs=2, batch_size=64))
+        args = [name, "--out", str(tmp_path), "--data-dir", str(data_dir), "--threads", "1", "--valid-every", "1",
+                "--iwae", "2", "--elbo-particles", "1", "--fivo", ""]
+        assert jsb.main(args) == 0
+    hist = torch.load(tmp_path / "ablate_vrnn_elbo_no_residual" / "checkpoint.pt", weights_only=False)["history"]
+    assert [h["epoch"] for h in hist if h.get("valid_kl_per_frame") is not None] == [1, 2]
+    assert all(0 <= h["valid_active_units"] <= 2 and h["valid_kl_per_frame"] >= 0 for h in hist)
+    png = tmp_path / "posterior.png"
+    assert jsb.main(["--report", "--out", str(tmp_path), "--plot-posterior", str(png),
+                     "--row-plot", "ablate_vrnn_elbo_no_residual,dmm"]) == 0
+    assert png.stat().st_size > 10_000
+    capsys.readouterr()
+    assert jsb.main(["--report", "--out", str(tmp_path), "--plot-posterior", str(tmp_path / "no.png"),
+                     "--row-plot", "dmm"]) == 2
+    assert "--track-posterior" in capsys.readouterr().err and not (tmp_path / "no.png").exists()
+
+
 def test_the_nll_limit_removes_a_first_order_gap(jsb):
     """If the IWAE gap is exactly c / K, one jackknife step from (K/2, K) recovers the NLL itself."""
     nll, c = 6.4, 7.0
