@@ -331,6 +331,10 @@ def _load_splits(spec: str, data_dir=None) -> dict:
                 time_split=True)
 
 
+#: particles of the held-out score ``fit`` prints (``evaluate``'s default too)
+SCORE_PARTICLES = 128
+
+
 def _held_out_score(est, parts: dict, objective=None, num_particles=None) -> tuple:
     """``(nats per frame, objective, how)`` for the test split of ``parts``. The end of one series is scored
     given the series before it (``Estimator.log_likelihood(history=...)``, the honest score of a forecaster);
@@ -345,10 +349,20 @@ def _held_out_score(est, parts: dict, objective=None, num_particles=None) -> tup
         history = parts["train"]
         value = est.log_likelihood(test, objective=objective, num_particles=num_particles, history=history)
         how = f"given the {int(history.lengths[0])} steps before them"
+        if objective != "exact":  # conditional on a history every particle objective is the same estimate
+            objective = "particle filter"
     else:
         value = est.log_likelihood(test, objective=objective, num_particles=num_particles)
         how = "each sequence from the model's initial state"
     return value, objective, how
+
+
+def _score_label(objective: str, num_particles: int) -> str:
+    if objective == "exact":
+        return "exact log-likelihood"
+    if objective == "particle filter":
+        return f"particle-filter estimate (N = {num_particles}) of the log-likelihood"
+    return f"{objective}({num_particles}) bound"
 
 
 def _load_data(spec: str, data_dir=None):
@@ -448,7 +462,8 @@ def _in_sample_origins(model_path: str, data: str, first_origin: int, origins: i
     except (OSError, ValueError, AttributeError):
         return 0
     start = recorded.get("test_starts_at")
-    if recorded.get("spec") != data or not isinstance(start, int):
+    same = recorded.get("path") == os.path.abspath(data) if os.path.isfile(data) else recorded.get("spec") == data
+    if not same or not isinstance(start, int):
         return 0
     return max(0, min(origins, start - first_origin))
 
@@ -568,7 +583,8 @@ def _cmd_fit(args):
         raise CLIError("--checkpoint-dir: the exact objective (L-BFGS maximum likelihood) does not checkpoint")
     if args.validate:
         train, valid, holdout, validation = _validation_split(train, valid, args.window, exact)
-        print(f"validation: {validation}")
+        if is_main_process():
+            print(f"validation: {validation}")
     position = _checkpoint_position(args.checkpoint_dir)
     if position is not None:
         path, epoch, step = position
@@ -581,8 +597,11 @@ def _cmd_fit(args):
         os.unlink(metrics_path)  # a fresh run starts a fresh log (a resumed one appends)
     # one long series is cut into windows for the deep models (else one optimiser step per epoch); the exact
     # Kalman likelihood takes the whole series
-    window = args.window if train.batch_size == 1 and not exact else None
-    stride = min(args.stride, args.window) if window is not None else None
+    window = args.window if parts["train"].batch_size == 1 and not exact else None
+    if window is not None and args.stride > window:
+        raise CLIError(f"--stride: expected at most --window ({window}) so that the windows cover the series, "
+                       f"got {args.stride}")
+    stride = args.stride if window is not None else None
     trainer_kwargs = {} if exact else {"metrics_path": metrics_path}
     if holdout:
         trainer_kwargs["holdout"] = holdout
@@ -596,7 +615,7 @@ def _cmd_fit(args):
     if exact:  # L-BFGS has no Trainer: log its iterations in the same JSON-lines form
         _write_atomic(metrics_path, "".join(json.dumps({"kind": "epoch", **rec}) + "\n" for rec in est.history_))
     est.save(args.out)
-    bound, score_objective, score_how = _held_out_score(est, parts)
+    bound, score_objective, score_how = _held_out_score(est, parts, num_particles=SCORE_PARTICLES)
     params = est.get_params()
     params["dtype"] = str(est.dtype).replace("torch.", "")
     config = {
@@ -621,13 +640,13 @@ def _cmd_fit(args):
                      "checkpoint_dir": None if args.checkpoint_dir is None else os.path.abspath(args.checkpoint_dir),
                      "resumed_from_epoch": None if position is None else position[1], "seconds": round(seconds, 3)},
         "result": {"held_out_bound": bound, "unit": "nats/frame", "objective": score_objective,
-                   "num_particles": None if score_objective == "exact" else est.num_particles,
+                   "num_particles": None if score_objective == "exact" else SCORE_PARTICLES,
                    "scored": score_how, "training_objective": est.objective},
         "files": {"model": os.path.abspath(args.out), "metrics": os.path.abspath(metrics_path)},
     }
     _write_atomic(config_path, json.dumps(config, indent=2, default=str) + "\n")
-    what = "log-likelihood (exact)" if score_objective == "exact" else f"bound ({score_objective}, N = {est.num_particles})"
-    print(f"saved {args.out}; held-out {what} {bound:.4f} nats/frame over {test.num_frames} test frames, {score_how}")
+    print(f"saved {args.out}; held-out {_score_label(score_objective, SCORE_PARTICLES)} {bound:.4f} nats/frame "
+          f"over {test.num_frames} test frames, {score_how}")
     print(f"wrote {config_path} (resolved configuration) and {metrics_path} (metrics log)")
     return 0
 
@@ -647,11 +666,15 @@ def _validation_split(train, valid, window: int, exact: bool):
         return train[keep], train[list(range(train.batch_size - n, train.batch_size))], 0, \
             f"the last {n} of the {train.batch_size} training sequences (not trained on)"
     T = int(train.lengths[0])
+    if exact:
+        if T < 2 * window:
+            raise CLIError(f"--validate: the training series has {T} steps, too short to hold out --window {window} "
+                           f"steps for validation (needs at least {2 * window}); pass a smaller --window")
+        return train, None, window, f"the last {window} training steps, scored given the earlier ones"
     if T < 3 * window:
         raise CLIError(f"--validate: the training series has {T} steps, too short to hold out --window {window} "
-                       f"steps for validation (needs at least {3 * window}); pass a smaller --window")
-    if exact:
-        return train, None, window, f"the last {window} training steps, scored given the earlier ones"
+                       f"steps for validation and still cut training windows (needs at least {3 * window}); "
+                       f"pass a smaller --window")
     from deepstate.data import split_series
 
     parts = split_series(train, valid_fraction=window / T, test_fraction=0.0)
@@ -679,8 +702,8 @@ def _cmd_evaluate(args):
     est = _load_model(args.model_path)
     parts = _load_splits(args.data, args.data_dir)
     value, objective, how = _held_out_score(est, parts, args.objective, args.num_particles)
-    what = "exact log-likelihood" if objective == "exact" else f"{objective}({args.num_particles}) bound"
-    print(f"{what}: {value:.4f} nats/frame over {parts['test'].num_frames} frames, {how}")
+    print(f"{_score_label(objective, args.num_particles)}: {value:.4f} nats/frame over {parts['test'].num_frames} "
+          f"frames, {how}")
     return 0
 
 
@@ -955,7 +978,7 @@ def _parser():
     e.add_argument("--objective", default=None, choices=["fivo", "iwae", "elbo", "exact"],
                    help="the bound: fivo, iwae, elbo (the particle ELBO) or exact (lgssm, deepstate); default: "
                         "exact for a model fitted with --objective exact, else fivo")
-    e.add_argument("--num-particles", type=_pos_int, default=128, help="particles per sequence (default 128)")
+    e.add_argument("--num-particles", type=_pos_int, default=SCORE_PARTICLES, help="particles per sequence (default 128)")
     e.set_defaults(func=_cmd_evaluate)
 
     g = sub.add_parser("sample", help="generate sequences (CSV, or MIDI for piano rolls)",
@@ -1051,6 +1074,19 @@ def _error_line(err: BaseException) -> str:
     return text if len(text) <= 600 else text[:597] + "..."
 
 
+def _stdout_closed() -> bool:
+    """Whether stdout is a pipe whose reader has gone (POSIX: polling it reports an error); where that
+    cannot be asked, assume so."""
+    try:
+        import select
+
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in poller.poll(0))
+    except (AttributeError, OSError, ValueError):
+        return True
+
+
 def main(argv=None) -> int:
     import warnings
 
@@ -1063,7 +1099,10 @@ def main(argv=None) -> int:
         except CLIError as err:
             print(f"deepstate: {err}", file=sys.stderr)
             return 2
-        except BrokenPipeError:
+        except BrokenPipeError as err:
+            if not _stdout_closed():  # another pipe or socket broke: a failure like any other
+                print(f"deepstate: {_error_line(err)}", file=sys.stderr)
+                return 1
             # the reader went away (`deepstate sample m.pt | head`): not an error of ours. Point stdout at
             # devnull so that the interpreter's final flush does not fail again at exit.
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -246,8 +246,12 @@ def test_one_series_is_validated_on_its_training_end_and_scored_given_its_past(w
     # 80 steps: 64 before the held-out 16, of which the last 10 validate and 54 are trained on
     assert config["data"]["train"]["frames"] == 54 and config["data"]["valid"]["frames"] == 10
     assert config["training"]["stride"] == 2 and config["result"]["scored"] == "given the 64 steps before them"
+    assert config["result"]["objective"] == "particle filter" and config["result"]["num_particles"] == 128
+    assert "held-out particle-filter estimate (N = 128) of the log-likelihood" in r.stdout
     r = run("fit", "series.npy", "--out", "short.pt", *TINY, "--validate", "--window", "30", cwd=work)
     assert "--validate" in one_line_error(r)  # 64 training steps cannot spare 30 and still make windows
+    r = run("fit", "series.npy", "--out", "short.pt", *TINY, "--window", "10", "--stride", "11", cwd=work)
+    assert "--stride" in one_line_error(r)
 
 
 def test_exact_fit_takes_the_whole_series_and_reports_the_exact_score(work):
@@ -266,8 +270,9 @@ def test_exact_fit_takes_the_whole_series_and_reports_the_exact_score(work):
 
 
 def test_data_dir_is_accepted_after_the_command(work, tmp_path):
-    r = run("datasets", "--data-dir", tmp_path, cwd=work)
-    assert r.returncode == 0 and str(tmp_path) in r.stdout, r.stderr
+    for args in (("datasets", "--data-dir", tmp_path), ("--data-dir", tmp_path, "datasets")):  # after, or before
+        r = run(*args, cwd=work)
+        assert r.returncode == 0 and str(tmp_path) in r.stdout, r.stderr
 
 
 # ------------------------------------------------------------------ help
@@ -297,13 +302,10 @@ def test_backtest_says_which_origins_are_in_sample(work):
 
 def test_a_closed_pipe_is_not_an_error(work):
     """`deepstate datasets | head -1`: the reader leaves early and writing raises BrokenPipeError; exit 0,
-    nothing on stderr (not "deepstate: [Errno 32] Broken pipe"). A stdout that always raises stands in for
-    the closed pipe, so the test does not depend on timing."""
-    code = ("import sys\nimport deepstate.cli as cli\n"
-            "class ClosedPipe:\n"
-            "    def write(self, text): raise BrokenPipeError(32, 'Broken pipe')\n"
-            "    def flush(self): pass\n"
-            "    def fileno(self): return 1\n"
-            "sys.stdout = ClosedPipe()\nsys.exit(cli.main(['datasets']))\n")
+    nothing on stderr (not "deepstate: [Errno 32] Broken pipe"). stdout is made a pipe whose reader is
+    already closed, so the test does not depend on timing."""
+    code = ("import os, sys\nimport deepstate.cli as cli\n"
+            "r, w = os.pipe()\nos.close(r)\nos.dup2(w, 1)\n"
+            "sys.exit(cli.main(['datasets']))\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=work, timeout=120)
     assert r.returncode == 0 and r.stderr == "", r.stderr

@@ -401,3 +401,17 @@ def test_track_posterior_sees_a_collapsed_posterior():
     assert tr.history[0]["valid_kl_per_frame"] == 0.0 and tr.history[0]["valid_active_units"] == 0
     with pytest.raises(TypeError, match="track_posterior"):
         Trainer(tiny_model(), track_posterior=1)
+
+
+def test_track_posterior_with_one_validation_series():
+    """One validation sequence: active units are counted over its steps (no second sequence to compare)."""
+    from deepstate.inference.diagnostics import active_units, latent_kl
+
+    train, valid = make_data(), make_data(lengths=(9,), seed=4)
+    tr = Trainer(tiny_model(), objective="iwae", num_particles=2, batch_size=7, progress=False, track_posterior=True)
+    tr.fit(train, valid, epochs=1)
+    with torch.random.fork_rng():
+        torch.manual_seed(tr._valid_seed(0) + 1)
+        latent_kl(tr.lsm, valid, per_dim=False)  # the same draws as the trainer's, in the same order
+        count, _ = active_units(tr.lsm, valid, centre="global")
+    assert tr.history[0]["valid_active_units"] == count

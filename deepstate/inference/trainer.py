@@ -321,8 +321,9 @@ class Trainer:
             the validation data, to watch for posterior collapse: ``valid_kl_per_frame`` (the ELBO's KL
             term, nats per frame, :func:`~deepstate.inference.diagnostics.latent_kl`) and
             ``valid_active_units`` (Burda et al.'s count, :func:`~deepstate.inference.diagnostics.active_units`)
-            in the epoch records. Costs two guide passes over ``valid``; draws from a forked RNG, so training
-            is unchanged.
+            in the epoch records. Costs two guide passes over the whole of ``valid`` at once (not in
+            ``valid_batch_size`` pieces, and on every rank under torch.distributed), counted in the wall time;
+            draws from a forked RNG, so training is unchanged.
         distributed: ``None`` (default): data-parallel over all ranks when launched by ``torchrun``
             with ``WORLD_SIZE > 1`` (or when a multi-rank process group is already initialised);
             ``False``: an ordinary single-process trainer even then; ``True``: require it.
@@ -330,7 +331,8 @@ class Trainer:
 
     Attributes:
         history: list of per-epoch dicts (``epoch``, ``train_loss`` (the *mean* of the epoch's
-            minibatch losses: minus the training bound per frame, annealed), ``train_bound`` and
+            minibatch losses: minus the training bound per frame, annealed; with ``loss_scale="sequences"``
+            minus the mean over sequences of each one's bound per frame), ``train_bound`` and
             ``valid_bound`` in nats/frame (``None`` on epochs not validated), ``lr``, ``annealing``, ``steps``,
             ``skipped``, ``seconds`` (of training steps) and ``elapsed`` (wall seconds in ``fit`` so far);
             with ``track_posterior``, ``valid_kl_per_frame`` and ``valid_active_units`` on validated epochs).
@@ -1063,7 +1065,8 @@ class Trainer:
             torch.manual_seed(self._valid_seed(self.epoch) + 1)
             valid = self._to_device(valid)
             kl = float(latent_kl(self.lsm, valid, per_dim=False))
-            count, _ = active_units(self.lsm, valid)
+            # across-sequence activity needs two sequences; one validation series counts variation over time
+            count, _ = active_units(self.lsm, valid, centre="step" if valid.batch_size >= 2 else "global")
         return {"valid_kl_per_frame": kl, "valid_active_units": int(count)}
 
     def _end_epoch(self, valid: Optional[SequenceBatch]) -> None:
