@@ -933,7 +933,8 @@ def _parser():
                               "  deepstate fit series.csv --out m.pt --model vrnn --checkpoint-dir ckpt/  "
                               "# rerun to resume\n"
                               "  deepstate fit seqs.npz --out m.pt --validate       # .npz with train/test arrays\n"
-                              "  deepstate fit sunspots --out lg.pt --model lgssm --objective exact --epochs 50",
+                              "  deepstate fit sunspots --out lg.pt --model lgssm --objective exact --epochs 50 \\\n"
+                              "      --set z_dim=3 --set dtype=float64 --validate   # early stopping on the training part's last 40 years",
                        formatter_class=_RAW)
     f.add_argument("data", help="dataset name, CSV, .npy or .npz file")
     f.add_argument("--out", required=True, help="where to save the fitted model (.pt)")

@@ -118,6 +118,9 @@ def _windows(batch: SequenceBatch, window: int, stride: int) -> SequenceBatch:
     return concat_batches([dataclasses.replace(p, index=None, names=None) for p in pieces])
 
 
+_DTYPE_NAMES = {"float32": torch.float32, "float": torch.float32, "float64": torch.float64, "double": torch.float64}
+
+
 class Estimator:
     """A deep state-space model with a fit / log_likelihood / sample / save / load interface.
 
@@ -135,7 +138,8 @@ class Estimator:
             Results of :meth:`log_likelihood` and :meth:`sample` are on the original scale.
         seed: non-negative int: parameter initialisation, minibatch order, training draws, and the
             default seed of :meth:`log_likelihood`.
-        dtype: parameter dtype (``torch.float32`` or ``torch.float64``).
+        dtype: parameter dtype (``torch.float32`` or ``torch.float64``, or their names ``"float32"``,
+            ``"float64"``); float64 suits the exact Kalman fits.
         device: ``"cpu"`` or ``"cuda[:i]"``.
         **hyper: model hyperparameters passed to :func:`deepstate.models.build` (``z_dim``,
             ``rnn_dim``, ``transition_dim``, ``emission_dim``, ...).
@@ -183,8 +187,10 @@ class Estimator:
             raise TypeError(f"standardize: expected a bool, got {type(standardize).__name__}")
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
             raise ValueError(f"seed: expected a non-negative int, got {seed!r}")
+        dtype = _DTYPE_NAMES.get(dtype, dtype) if isinstance(dtype, str) else dtype  # "float64" (e.g. the CLI's --set)
         if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-            raise ValueError(f"dtype: expected a floating torch.dtype (torch.float32 or torch.float64), got {dtype!r}")
+            raise ValueError(f"dtype: expected a floating torch.dtype (torch.float32 or torch.float64, or the names "
+                             f"'float32', 'float64'), got {dtype!r}")
         self.model = model.lower()
         self.likelihood = _LIKELIHOODS[likelihood.lower().replace("-", "").replace("_", "")]
         self.objective = objective

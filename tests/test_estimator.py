@@ -235,11 +235,17 @@ def test_bernoulli_data_is_not_standardised():
 @pytest.mark.parametrize("kwargs,name", [
     (dict(model="hmm"), "model"), (dict(likelihood="cauchy"), "likelihood"), (dict(objective="vi"), "objective"),
     (dict(num_particles=0), "num_particles"), (dict(seed=-2), "seed"), (dict(zdim=3), "hyper"),
-    (dict(dtype=torch.int64), "dtype"), (dict(standardize="yes"), "standardize"),
+    (dict(dtype=torch.int64), "dtype"), (dict(dtype="float16x"), "dtype"), (dict(standardize="yes"), "standardize"),
 ])
 def test_estimator_bad_arguments(kwargs, name):
     with pytest.raises((ValueError, TypeError), match=name):
         Estimator(**kwargs)
+
+
+def test_estimator_takes_dtype_names():
+    """``dtype="float64"`` (what the CLI's ``--set dtype=float64`` passes) is ``torch.float64``."""
+    assert Estimator("lgssm", objective="exact", dtype="float64").dtype is torch.float64
+    assert Estimator("dkf", dtype="float32").dtype is torch.float32
 
 
 def test_estimator_bad_call_arguments(fitted):
