@@ -571,7 +571,7 @@ def _cmd_fit(args):
 
     from deepstate import __version__
     from deepstate.estimator import Estimator
-    from deepstate.inference.distributed import is_main_process
+    from deepstate.inference.distributed import is_main_process, wait_for_all_ranks
 
     train, test = parts["train"], parts["test"]
     valid, holdout, validation = parts["valid"], 0, None
@@ -611,6 +611,9 @@ def _cmd_fit(args):
             checkpoint_dir=args.checkpoint_dir, **trainer_kwargs)
     seconds = time.perf_counter() - t0
     if not is_main_process():  # under torchrun, rank 0 alone saves the model and reports
+        # and the others wait for it: a rank that exits (tearing down its process group) while its peer still
+        # works can abort in gloo's teardown
+        wait_for_all_ranks()
         return 0
     if exact:  # L-BFGS has no Trainer: log its iterations in the same JSON-lines form
         _write_atomic(metrics_path, "".join(json.dumps({"kind": "epoch", **rec}) + "\n" for rec in est.history_))
@@ -648,6 +651,7 @@ def _cmd_fit(args):
     print(f"saved {args.out}; held-out {_score_label(score_objective, SCORE_PARTICLES)} {bound:.4f} nats/frame "
           f"over {test.num_frames} test frames, {score_how}")
     print(f"wrote {config_path} (resolved configuration) and {metrics_path} (metrics log)")
+    wait_for_all_ranks()
     return 0
 
 

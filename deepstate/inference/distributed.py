@@ -54,6 +54,7 @@ __all__ = [
     "broadcast_object",
     "all_gather_object",
     "barrier",
+    "wait_for_all_ranks",
     "evaluate_distributed",
 ]
 
@@ -230,6 +231,16 @@ def all_gather_object(ctx: DistContext, obj: Any) -> list:
     out = [None] * ctx.world_size
     torch.distributed.all_gather_object(out, obj)
     return out
+
+
+def wait_for_all_ranks() -> None:
+    """A barrier over the default process group when one is active; nothing in a single process."""
+    if not _group_active():
+        return
+    if torch.distributed.get_backend() == "nccl":
+        torch.distributed.barrier(device_ids=[torch.cuda.current_device()])
+    else:
+        torch.distributed.barrier()
 
 
 def barrier(ctx: DistContext) -> None:
