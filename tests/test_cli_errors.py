@@ -270,9 +270,16 @@ def test_exact_fit_takes_the_whole_series_and_reports_the_exact_score(work):
 
 
 def test_data_dir_is_accepted_after_the_command(work, tmp_path):
-    for args in (("datasets", "--data-dir", tmp_path), ("--data-dir", tmp_path, "datasets")):  # after, or before
-        r = run(*args, cwd=work)
-        assert r.returncode == 0 and str(tmp_path) in r.stdout, r.stderr
+    """The listing names --data-dir among the folders searched for a file found nowhere (the environment's
+    data folder and cache point at an empty folder, so that nothing is found elsewhere)."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    data_dir = tmp_path / "mine"
+    data_dir.mkdir()
+    env = {"DEEPSTATE_DATA": str(empty), "DEEPSTATE_CACHE": str(empty)}
+    for args in (("datasets", "--data-dir", data_dir), ("--data-dir", data_dir, "datasets")):  # after, or before
+        r = run(*args, cwd=work, env=env)
+        assert r.returncode == 0 and str(data_dir) in r.stdout, r.stderr
 
 
 # ------------------------------------------------------------------ help
