@@ -240,12 +240,10 @@ def posterior_use(lsm, test) -> dict:
     (``KL(q_t || p_t)`` given the sampled past, :func:`~deepstate.inference.diagnostics.latent_kl`) and
     Burda et al.'s active units (``Cov_x(E_q[z_u]) > 0.01``). A KL near zero with no active unit is a
     collapsed posterior: every bound then equals the ELBO, and the latent state is not used."""
-    from deepstate.inference.diagnostics import active_units, latent_kl
+    from deepstate.inference.diagnostics import posterior_use as use_of
 
-    with torch.no_grad():
-        kl = latent_kl(lsm, test, num_samples=1, per_dim=True)
-        count, _ = active_units(lsm, test)
-    return {"test_kl_per_frame": float(kl.sum()), "active_units": int(count), "z_dim": int(kl.numel())}
+    use = use_of(lsm, test)
+    return {"test_kl_per_frame": use["kl_per_frame"], "active_units": use["active_units"], "z_dim": use["z_dim"]}
 
 
 def collapse_row(args) -> int:

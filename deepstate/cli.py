@@ -341,9 +341,6 @@ def _held_out_score(est, parts: dict, objective=None, num_particles=None) -> tup
     separate test sequences each from the model's initial state. ``objective`` defaults to ``"exact"`` for a
     model fitted by exact maximum likelihood, else ``"fivo"``."""
     objective = objective or ("exact" if est.objective == "exact" else "fivo")
-    if objective == "exact" and not hasattr(est.model_.ssm, "log_likelihood"):
-        raise CLIError(f"--objective: 'exact' needs a model with an exact likelihood (lgssm, deepstate), "
-                       f"this one is {est.model!r}")
     test = parts["test"]
     if parts.get("time_split"):
         history = parts["train"]
@@ -1064,7 +1061,7 @@ def _parser():
     # --data-dir is accepted after the command too (`deepstate fit jsb_chorales --data-dir X`); SUPPRESS keeps a
     # value given before the command when it is not repeated after it
     for name, cmd in sub.choices.items():
-        if name not in ("demo",):
+        if name != "demo":
             cmd.add_argument("--data-dir", default=argparse.SUPPRESS, metavar="DIR",
                              help="folder with data files (default: $DEEPSTATE_DATA, then the user cache)")
     return p

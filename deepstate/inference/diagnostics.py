@@ -48,6 +48,7 @@ from ..models.base import slice_time
 __all__ = [
     "latent_kl",
     "active_units",
+    "posterior_use",
     "gradient_norms",
     "posterior_collapse_report",
     "CollapseReport",
@@ -434,3 +435,16 @@ def posterior_collapse_report(lsm, batch: SequenceBatch, num_samples: int = 1, t
         centre=centre,
         gradient_norms=gradient_norms(lsm) if has_grad else None,
     )
+
+
+def posterior_use(lsm, batch: SequenceBatch, num_samples: int = 1) -> dict:
+    """Both collapse diagnostics of ``batch``: ``{"kl_per_frame", "active_units", "z_dim"}``.
+
+    ``kl_per_frame`` is :func:`latent_kl`'s total (nats per frame), ``active_units`` is
+    :func:`active_units`'s count (across sequences at each step; over time for a single sequence, which
+    has no second sequence to compare with). A KL near zero with no active unit is a collapsed posterior.
+    """
+    kl = float(latent_kl(lsm, batch, num_samples=num_samples, per_dim=False))
+    count, activity = active_units(lsm, batch, num_samples=num_samples,
+                                   centre="step" if batch.batch_size >= 2 else "global")
+    return {"kl_per_frame": kl, "active_units": int(count), "z_dim": int(activity.numel())}

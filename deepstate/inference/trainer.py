@@ -96,7 +96,7 @@ from ..models.nn import check_support
 from . import distributed as _dist
 from .annealing import KLAnnealing, as_annealing
 from .checkpoint import CHECKPOINT_NAME, atomic_save, get_rng_state, load_checkpoint, set_rng_state
-from .diagnostics import active_units, latent_kl
+from .diagnostics import posterior_use
 from .evaluation import _pos_int, evaluate
 from .objectives import get_objective
 
@@ -1063,11 +1063,8 @@ class Trainer:
         self.lsm.eval()
         with torch.random.fork_rng(devices=self._rng_devices()), torch.no_grad():
             torch.manual_seed(self._valid_seed(self.epoch) + 1)
-            valid = self._to_device(valid)
-            kl = float(latent_kl(self.lsm, valid, per_dim=False))
-            # across-sequence activity needs two sequences; one validation series counts variation over time
-            count, _ = active_units(self.lsm, valid, centre="step" if valid.batch_size >= 2 else "global")
-        return {"valid_kl_per_frame": kl, "valid_active_units": int(count)}
+            use = posterior_use(self.lsm, self._to_device(valid))
+        return {"valid_kl_per_frame": use["kl_per_frame"], "valid_active_units": use["active_units"]}
 
     def _end_epoch(self, valid: Optional[SequenceBatch]) -> None:
         a = self._accum
