@@ -979,7 +979,8 @@ def _parser():
     e.add_argument("data", help="dataset name, CSV, .npy or .npz file (its test split is scored)")
     e.add_argument("--objective", default=None, choices=["fivo", "iwae", "elbo", "exact"],
                    help="the bound: fivo, iwae, elbo (the particle ELBO) or exact (lgssm, deepstate); default: "
-                        "exact for a model fitted with --objective exact, else fivo")
+                        "exact for a model fitted with --objective exact, else fivo. Given the steps before it (one "
+                        "series), every particle objective is the same particle-filter estimate")
     e.add_argument("--num-particles", type=_pos_int, default=SCORE_PARTICLES, help="particles per sequence (default 128)")
     e.set_defaults(func=_cmd_evaluate)
 
