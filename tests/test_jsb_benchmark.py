@@ -50,14 +50,21 @@ def test_the_dmm_row_is_pyros_recipe(jsb):
 
 @pytest.mark.data
 def test_the_srnn_rows_are_the_reference_recipe(jsb, data_dir, tmp_path):
-    """Fraccaro et al.'s srnn code (MainSRNN_midi.py): Adam 1e-3, batch 16, clip 1, KL temperature 0.2 -> 1 over
-    20 epochs of 15 minibatches on the ELBO row only, smoothing guide with Resq and MLPs of 500."""
-    elbo, fivo = jsb.ROWS["srnn_elbo"], jsb.ROWS["srnn_fivo"]
-    for row in (elbo, fivo):
+    """Fraccaro et al.'s srnn code (MainSRNN_midi.py): Adam 1e-3, batch 16, clip 1, 50 epochs with the lr divided
+    by 1.2 per epoch after 20, KL temperature 0.2 -> 1 over 20 epochs of 15 minibatches on the ELBO row only,
+    smoothing guide with Resq and MLPs of 500; the constant-lr row differs from the ELBO row in its schedule only."""
+    elbo, fivo, const = jsb.ROWS["srnn_elbo"], jsb.ROWS["srnn_fivo"], jsb.ROWS["srnn_elbo_constant_lr"]
+    for row in (elbo, fivo, const):
         assert (row["lr"], row["batch_size"], row["clip_norm"], row["optimizer_args"]) == (1e-3, 16, 1.0, {"eps": 1e-4})
+    for row in (elbo, fivo):
+        assert (row["epochs"], row["lr_decay"], row["lr_decay_after"]) == (50, 1 / 1.2, 20)
+    schedule = ("epochs", "lr_decay", "lr_decay_after", "published")
+    assert {k: v for k, v in const.items() if k not in schedule} == {k: v for k, v in elbo.items() if k not in schedule}
+    assert "lr_decay" not in const
     assert elbo["annealing"] == {"start": 0.2, "warmup_steps": 20 * 15} and elbo["analytic_kl"] is True
     assert "annealing" not in fivo and fivo["valid_objective"] == "fivo" and fivo["num_particles"] == 4
-    tr = jsb.make_trainer("srnn_elbo", elbo, tmp_path, seed=0, patience=5, valid_every=1)
+    tr = jsb.make_trainer("srnn_elbo", elbo, tmp_path, seed=0, patience=5, valid_every=None)
+    assert (tr.lr_decay, tr.lr_decay_after, tr.valid_every) == (1 / 1.2, 20, 1)  # the row's, given no --valid-every
     guide = tr.lsm.guide_steps
     assert guide.smoothing and guide.resq and guide.net[0].out_features == 500
     assert len(jsb.load(data_dir)["train"]) == 229 and -(-229 // 16) == 15  # minibatches per epoch

@@ -102,6 +102,21 @@ def test_resume_mid_epoch_is_bit_for_bit(tmp_path, objective, annealing):
         assert resumed.annealing.num_steps == full.annealing.num_steps == 9
 
 
+def test_delayed_lr_decay_follows_the_srnn_schedule_across_a_resume(tmp_path):
+    """lr of epoch e (from 0) = lr * decay ** max(0, e - after + 1): constant for ``after`` epochs, then
+    one factor per epoch (Fraccaro et al.'s ExponentialDecaySchedule with no_decay_epochs=after); a run
+    stopped and resumed mid-schedule continues it (the epoch count and scheduler are checkpointed)."""
+    def run(tmp, epochs):
+        tr = Trainer(tiny_model(), objective="fivo", num_particles=2, batch_size=4, lr=1e-2, lr_decay=0.5,
+                     lr_decay_after=2, checkpoint_dir=tmp, progress=False, seed=7)
+        return [e["lr"] for e in tr.fit(make_data(), epochs=epochs) if e.get("kind", "epoch") == "epoch"]
+
+    expected = [1e-2 * 0.5 ** max(0, e - 1) for e in range(5)]
+    assert run(tmp_path / "full", 5) == pytest.approx(expected)
+    assert run(tmp_path / "part", 3) == pytest.approx(expected[:3])
+    assert run(tmp_path / "part", 5)[-2:] == pytest.approx(expected[3:])
+
+
 def test_resume_after_crash_from_periodic_checkpoint(tmp_path):
     full, _ = _run(tmp_path / "full", "iwae")
 
@@ -326,6 +341,7 @@ def test_atomic_save_never_leaves_half_written_files(tmp_path, monkeypatch):
     (dict(tbptt=0), "tbptt"), (dict(seed=-1), "seed"), (dict(checkpoint_every=0), "checkpoint_every"),
     (dict(early_stopping_patience=0), "early_stopping_patience"), (dict(device="tpu"), "device"),
     (dict(annealing="yes"), "annealing"), (dict(max_bad_steps=0), "max_bad_steps"),
+    (dict(lr_decay_after=-1), "lr_decay_after"), (dict(lr_decay_after=2.5), "lr_decay_after"),
 ])
 def test_bad_arguments(kwargs, name):
     with pytest.raises((ValueError, TypeError), match=name):

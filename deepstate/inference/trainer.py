@@ -281,6 +281,10 @@ class Trainer:
         clip_norm: clip the global gradient norm to this (``None``: no clipping; the norm is still
             computed to detect non-finite gradients).
         lr_decay: ``ExponentialLR`` factor applied after every epoch (``1.0``: constant), in ``(0, 1]``.
+        lr_decay_after: epochs at the constant ``lr`` before ``lr_decay`` starts (default 0: from the first).
+            With ``lr_decay=1/1.2, lr_decay_after=20`` the lr of epoch ``e`` (from 0) is
+            ``lr * 1.2 ** -max(0, e - 19)``: the schedule of Fraccaro et al.'s SRNN code, which acts as
+            early stopping on small data.
         batch_size: sequences per minibatch.
         bucket_by_length: group sequences of similar length into minibatches (less padding).
         annealing: KL annealing for the Pyro ELBOs and ``"particle_elbo"``: ``None``, a
@@ -360,6 +364,7 @@ class Trainer:
         lr: float = 1e-3,
         clip_norm: Optional[float] = 10.0,
         lr_decay: float = 1.0,
+        lr_decay_after: int = 0,
         batch_size: int = 20,
         bucket_by_length: bool = True,
         annealing: Union[None, KLAnnealing, dict, int] = None,
@@ -396,6 +401,9 @@ class Trainer:
         if isinstance(lr_decay, bool) or not isinstance(lr_decay, (int, float)) or not 0.0 < float(lr_decay) <= 1.0:
             raise ValueError(f"lr_decay: expected a factor in (0, 1], got {lr_decay!r}")
         self.lr_decay = float(lr_decay)
+        if isinstance(lr_decay_after, bool) or not isinstance(lr_decay_after, (int, np.integer)) or lr_decay_after < 0:
+            raise ValueError(f"lr_decay_after: expected a non-negative number of epochs, got {lr_decay_after!r}")
+        self.lr_decay_after = int(lr_decay_after)
         self.batch_size = _pos_int(batch_size, "batch_size")
         if not isinstance(bucket_by_length, bool):
             raise TypeError(f"bucket_by_length: expected a bool, got {type(bucket_by_length).__name__}")
@@ -544,6 +552,8 @@ class Trainer:
             out["valid_every"] = self.valid_every
         if self.analytic_kl:
             out["analytic_kl"] = True
+        if self.lr_decay_after:
+            out["lr_decay_after"] = self.lr_decay_after
         if self.world_size > 1:  # single-process checkpoints keep their old settings
             out["world_size"] = self.world_size
         return out
@@ -1080,7 +1090,8 @@ class Trainer:
             "skipped": a["skipped"],
             "seconds": a["seconds"],
         }
-        self.scheduler.step()
+        if self.epoch + 1 >= self.lr_decay_after:  # the epoch just finished counts
+            self.scheduler.step()
         last = self._fit_epochs is not None and self.epoch + 1 >= self._fit_epochs
         if valid is not None and ((self.epoch + 1) % self.valid_every == 0 or last):
             kw = dict(objective=self.valid_objective, num_particles=self.valid_num_particles,
