@@ -283,8 +283,7 @@ class Trainer:
         lr_decay: ``ExponentialLR`` factor applied after every epoch (``1.0``: constant), in ``(0, 1]``.
         lr_decay_after: epochs at the constant ``lr`` before ``lr_decay`` starts (default 0: from the first).
             With ``lr_decay=1/1.2, lr_decay_after=20`` the lr of epoch ``e`` (from 0) is
-            ``lr * 1.2 ** -max(0, e - 19)``: the schedule of Fraccaro et al.'s SRNN code, which acts as
-            early stopping on small data.
+            ``lr * 1.2 ** -max(0, e - 19)``: the schedule of Fraccaro et al.'s SRNN code.
         batch_size: sequences per minibatch.
         bucket_by_length: group sequences of similar length into minibatches (less padding).
         annealing: KL annealing for the Pyro ELBOs and ``"particle_elbo"``: ``None``, a
